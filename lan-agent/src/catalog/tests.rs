@@ -1,0 +1,390 @@
+use cairn_shared::api::{
+    CheckStatus, HealthCheck, KvTxnOp, KvVerb, Node, SERF_CHECK_ID, Session, SessionBehavior, TxnOp,
+};
+use cairn_shared::rpc::{Query, QueryResult, WriteOp, WriteResult};
+
+use super::*;
+
+/// A store with one node (`n1`, passing serfHealth) and a helper to apply at rising indexes.
+struct Harness {
+    store: Store,
+    index: u64,
+    now: u64,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let mut h = Self {
+            store: Store::new(),
+            index: 0,
+            now: 1_000_000,
+        };
+        h.node_check(CheckStatus::Passing);
+        h
+    }
+
+    fn node_check(&mut self, status: CheckStatus) {
+        let node = Node {
+            node: "n1".into(),
+            address: "127.0.0.1".into(),
+            ..Node::default()
+        };
+        let check = HealthCheck {
+            node: "n1".into(),
+            check_id: SERF_CHECK_ID.into(),
+            status,
+            ..HealthCheck::default()
+        };
+        self.apply(CommandOp::RegisterNode {
+            node,
+            checks: vec![check],
+        })
+        .unwrap();
+    }
+
+    fn apply(&mut self, op: CommandOp) -> Result<WriteResult, RpcError> {
+        self.index += 1;
+        self.store.apply(
+            self.index,
+            &Command {
+                now_ms: self.now,
+                op,
+            },
+        )
+    }
+
+    fn kv(&mut self, verb: KvVerb, key: &str, value: &str, index: u64, session: &str) -> bool {
+        let op = KvTxnOp {
+            verb,
+            key: key.into(),
+            value: Some(value.as_bytes().to_vec()),
+            flags: 0,
+            index,
+            session: session.into(),
+        };
+        match self.apply(CommandOp::Client(WriteOp::Kv(op))) {
+            Ok(WriteResult::Bool(b)) => b,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn set(&mut self, key: &str, value: &str) {
+        assert!(self.kv(KvVerb::Set, key, value, 0, ""));
+    }
+
+    fn session(&mut self, id: &str, behavior: SessionBehavior, lock_delay_s: u64) {
+        let s = Session {
+            id: id.into(),
+            node: "n1".into(),
+            behavior,
+            lock_delay: lock_delay_s * 1_000_000_000,
+            node_checks: Some(vec![SERF_CHECK_ID.into()]),
+            ..Session::default()
+        };
+        self.apply(CommandOp::Client(WriteOp::SessionCreate(s)))
+            .unwrap();
+    }
+
+    fn get(&self, key: &str) -> Option<KvPair> {
+        self.store.kv.get(key).cloned()
+    }
+
+    fn query(&self, q: Query) -> (u64, QueryResult) {
+        self.store.query(&q).unwrap()
+    }
+}
+
+#[test]
+fn set_keeps_create_index_and_cas_zero_only_creates() {
+    let mut h = Harness::new();
+    h.set("a", "1");
+    let first = h.get("a").unwrap();
+    assert_eq!(first.create_index, first.modify_index);
+    h.set("a", "2");
+    let second = h.get("a").unwrap();
+    assert_eq!(second.create_index, first.create_index);
+    assert!(second.modify_index > first.modify_index);
+    assert!(!h.kv(KvVerb::Cas, "a", "x", 0, ""));
+    assert!(!h.kv(KvVerb::Cas, "a", "x", first.modify_index, ""));
+    assert!(h.kv(KvVerb::Cas, "a", "3", second.modify_index, ""));
+    assert!(h.kv(KvVerb::Cas, "new", "v", 0, ""));
+    assert!(!h.kv(KvVerb::Cas, "missing", "v", 7, ""));
+}
+
+#[test]
+fn writing_the_same_value_changes_nothing() {
+    let mut h = Harness::new();
+    h.set("a", "1");
+    let before = h.get("a").unwrap().modify_index;
+    h.set("a", "1");
+    assert_eq!(h.get("a").unwrap().modify_index, before);
+}
+
+#[test]
+fn missing_key_reports_table_index_and_deletes_leave_tombstones() {
+    let mut h = Harness::new();
+    h.set("a/x", "1");
+    h.set("b/y", "1");
+    let (idx_missing, res) = h.query(Query::KvGet { key: "zzz".into() });
+    assert_eq!(res, QueryResult::Kv(vec![]));
+    assert_eq!(idx_missing, h.index);
+    let (before, _) = h.query(Query::KvList {
+        prefix: "a/".into(),
+    });
+    assert!(h.kv(KvVerb::Delete, "a/x", "", 0, ""));
+    let (after, res) = h.query(Query::KvList {
+        prefix: "a/".into(),
+    });
+    assert_eq!(res, QueryResult::Kv(vec![]));
+    assert!(after > before, "delete must move the prefix index forward");
+    // A write elsewhere does not move a/'s index.
+    h.set("b/z", "1");
+    assert_eq!(
+        h.query(Query::KvList {
+            prefix: "a/".into()
+        })
+        .0,
+        after
+    );
+}
+
+#[test]
+fn reaping_tombstones_never_moves_an_index_back() {
+    let mut h = Harness::new();
+    h.set("a/x", "1");
+    h.set("a/y", "1");
+    h.kv(KvVerb::Delete, "a/y", "", 0, "");
+    let (before, _) = h.query(Query::KvList {
+        prefix: "a/".into(),
+    });
+    let upto = h.index;
+    h.apply(CommandOp::ReapTombstones { index: upto }).unwrap();
+    assert_eq!(h.store.tombstones.len(), 0);
+    let (after, _) = h.query(Query::KvList {
+        prefix: "a/".into(),
+    });
+    assert!(after >= before);
+}
+
+#[test]
+fn keys_roll_up_at_the_separator() {
+    let mut h = Harness::new();
+    for k in ["web/a", "web/b/c", "web/b/d", "webx", "other"] {
+        h.set(k, "v");
+    }
+    let (_, res) = h.query(Query::KvKeys {
+        prefix: "web".into(),
+        separator: "/".into(),
+    });
+    assert_eq!(res, QueryResult::Keys(vec!["web/".into(), "webx".into()]));
+    let (_, res) = h.query(Query::KvKeys {
+        prefix: "web/".into(),
+        separator: "/".into(),
+    });
+    assert_eq!(
+        res,
+        QueryResult::Keys(vec!["web/a".into(), "web/b/".into()])
+    );
+    let (_, res) = h.query(Query::KvKeys {
+        prefix: String::new(),
+        separator: String::new(),
+    });
+    let QueryResult::Keys(all) = res else {
+        panic!()
+    };
+    assert_eq!(all.len(), 5);
+}
+
+#[test]
+fn lock_semantics_follow_consul() {
+    let mut h = Harness::new();
+    h.session("s1", SessionBehavior::Release, 0);
+    h.session("s2", SessionBehavior::Release, 0);
+    assert!(h.kv(KvVerb::Lock, "l", "v", 0, "s1"));
+    assert_eq!(h.get("l").unwrap().lock_index, 1);
+    // Re-acquire by the holder keeps LockIndex; another session is refused.
+    assert!(h.kv(KvVerb::Lock, "l", "v2", 0, "s1"));
+    assert_eq!(h.get("l").unwrap().lock_index, 1);
+    assert!(!h.kv(KvVerb::Lock, "l", "v", 0, "s2"));
+    // A plain set keeps the holder.
+    h.set("l", "plain");
+    assert_eq!(h.get("l").unwrap().session, "s1");
+    // Release by a non-holder fails; by the holder works and keeps LockIndex.
+    assert!(!h.kv(KvVerb::Unlock, "l", "", 0, "s2"));
+    assert!(h.kv(KvVerb::Unlock, "l", "", 0, "s1"));
+    let e = h.get("l").unwrap();
+    assert_eq!((e.session.as_str(), e.lock_index), ("", 1));
+    assert!(h.kv(KvVerb::Lock, "l", "v", 0, "s2"));
+    assert_eq!(h.get("l").unwrap().lock_index, 2);
+}
+
+#[test]
+fn lock_with_unknown_or_missing_session_is_an_error() {
+    let mut h = Harness::new();
+    let op = |s: &str| {
+        CommandOp::Client(WriteOp::Kv(KvTxnOp {
+            verb: KvVerb::Lock,
+            key: "k".into(),
+            session: s.into(),
+            ..KvTxnOp::default()
+        }))
+    };
+    assert_eq!(
+        h.apply(op("nope")).unwrap_err().message,
+        "invalid session \"nope\""
+    );
+    assert_eq!(h.apply(op("")).unwrap_err().message, "missing session");
+    assert!(h.get("k").is_none());
+}
+
+#[test]
+fn destroying_a_session_releases_its_keys_and_starts_lock_delay() {
+    let mut h = Harness::new();
+    h.session("s1", SessionBehavior::Release, 15);
+    h.session("s2", SessionBehavior::Release, 15);
+    assert!(h.kv(KvVerb::Lock, "l", "v", 0, "s1"));
+    h.apply(CommandOp::Client(WriteOp::SessionDestroy {
+        id: "s1".into(),
+    }))
+    .unwrap();
+    let e = h.get("l").unwrap();
+    assert_eq!(e.session, "");
+    assert_eq!(e.value.as_deref(), Some(&b"v"[..]));
+    assert!(!h.kv(KvVerb::Lock, "l", "v", 0, "s2"), "lock-delay holds");
+    h.now += 14_999;
+    assert!(!h.kv(KvVerb::Lock, "l", "v", 0, "s2"));
+    h.now += 2;
+    assert!(h.kv(KvVerb::Lock, "l", "v", 0, "s2"), "lock-delay over");
+}
+
+#[test]
+fn delete_behavior_removes_held_keys() {
+    let mut h = Harness::new();
+    h.session("s1", SessionBehavior::Delete, 0);
+    assert!(h.kv(KvVerb::Lock, "l", "v", 0, "s1"));
+    h.set("other", "v");
+    h.apply(CommandOp::Client(WriteOp::SessionDestroy {
+        id: "s1".into(),
+    }))
+    .unwrap();
+    assert!(h.get("l").is_none());
+    assert!(h.get("other").is_some());
+}
+
+#[test]
+fn critical_check_invalidates_bound_sessions_and_blocks_new_ones() {
+    let mut h = Harness::new();
+    h.session("s1", SessionBehavior::Release, 0);
+    assert!(h.kv(KvVerb::Lock, "l", "v", 0, "s1"));
+    h.node_check(CheckStatus::Critical);
+    assert!(h.store.session("s1").is_none());
+    assert_eq!(h.get("l").unwrap().session, "");
+    let s = Session {
+        id: "s3".into(),
+        node: "n1".into(),
+        node_checks: Some(vec![SERF_CHECK_ID.into()]),
+        ..Session::default()
+    };
+    let err = h
+        .apply(CommandOp::Client(WriteOp::SessionCreate(s)))
+        .unwrap_err();
+    assert_eq!(err.message, "Check 'serfHealth' is in critical state");
+}
+
+#[test]
+fn session_needs_a_known_node() {
+    let mut h = Harness::new();
+    let s = Session {
+        id: "s".into(),
+        node: "ghost".into(),
+        ..Session::default()
+    };
+    let err = h
+        .apply(CommandOp::Client(WriteOp::SessionCreate(s)))
+        .unwrap_err();
+    assert_eq!(err.message, "Missing node registration");
+}
+
+fn txn_op(verb: KvVerb, key: &str, value: &str, index: u64) -> TxnOp {
+    TxnOp::Kv(KvTxnOp {
+        verb,
+        key: key.into(),
+        value: Some(value.as_bytes().to_vec()),
+        index,
+        ..KvTxnOp::default()
+    })
+}
+
+#[test]
+fn failed_transaction_changes_nothing_and_reports_every_error() {
+    let mut h = Harness::new();
+    h.set("keep", "1");
+    h.set("gone", "1");
+    h.store.take_changes();
+    let before = h.store.clone();
+    let res = h
+        .apply(CommandOp::Client(WriteOp::Txn(vec![
+            txn_op(KvVerb::Set, "keep", "2", 0),
+            txn_op(KvVerb::Delete, "gone", "", 0),
+            txn_op(KvVerb::Cas, "keep", "3", 999),
+            txn_op(KvVerb::Set, "new", "x", 0),
+            txn_op(KvVerb::Get, "nope", "", 0),
+        ])))
+        .unwrap();
+    let WriteResult::Txn(resp) = res else {
+        panic!()
+    };
+    assert!(resp.results.is_none());
+    let errors = resp.errors.unwrap();
+    assert_eq!(
+        errors.iter().map(|e| e.op_index).collect::<Vec<_>>(),
+        [2, 4]
+    );
+    assert_eq!(errors[1].what, "key \"nope\" doesn't exist");
+    assert_eq!(h.store.kv, before.kv);
+    assert_eq!(h.store.tombstones, before.tombstones);
+    assert_eq!(h.store.table_index, before.table_index);
+    assert!(h.store.take_changes().is_empty());
+}
+
+#[test]
+fn successful_transaction_returns_entries_without_values_except_get() {
+    let mut h = Harness::new();
+    let res = h
+        .apply(CommandOp::Client(WriteOp::Txn(vec![
+            txn_op(KvVerb::Set, "a", "1", 0),
+            txn_op(KvVerb::Get, "a", "", 0),
+            txn_op(KvVerb::Delete, "a", "", 0),
+            txn_op(KvVerb::CheckNotExists, "a", "", 0),
+        ])))
+        .unwrap();
+    let WriteResult::Txn(resp) = res else {
+        panic!()
+    };
+    let results = resp.results.unwrap();
+    assert_eq!(results.len(), 2);
+    let cairn_shared::api::TxnResult::Kv(set) = &results[0];
+    let cairn_shared::api::TxnResult::Kv(got) = &results[1];
+    assert_eq!(set.value, None);
+    assert_eq!(got.value.as_deref(), Some(&b"1"[..]));
+    assert!(h.get("a").is_none());
+}
+
+#[test]
+fn apply_is_deterministic() {
+    let mut a = Harness::new();
+    let mut b = Harness::new();
+    for h in [&mut a, &mut b] {
+        h.session("s", SessionBehavior::Release, 5);
+        h.set("x", "1");
+        h.kv(KvVerb::Lock, "x", "2", 0, "s");
+        h.apply(CommandOp::Client(WriteOp::SessionDestroy {
+            id: "s".into(),
+        }))
+        .unwrap();
+    }
+    assert_eq!(
+        rmp_serde::to_vec(&a.store).unwrap(),
+        rmp_serde::to_vec(&b.store).unwrap()
+    );
+}

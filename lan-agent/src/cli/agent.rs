@@ -1,0 +1,245 @@
+//! `cairn agent`: builds a [`Config`] from Consul's agent flags, starts the agent, prints the
+//! startup banner, and runs until interrupted.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{self, Deps};
+use crate::config::Config;
+use crate::telemetry::{self, Telemetry};
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// Development mode: an in-memory server on loopback, nothing else to set up
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", action = ArgAction::Set)]
+    pub dev: bool,
+    /// Run as a server
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", action = ArgAction::Set)]
+    pub server: bool,
+    /// Bootstrap a single-server cluster
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", action = ArgAction::Set)]
+    pub bootstrap: bool,
+    /// Number of servers to wait for before bootstrapping
+    #[arg(long = "bootstrap-expect")]
+    pub bootstrap_expect: Option<u32>,
+    /// Directory for persistent state
+    #[arg(long = "data-dir")]
+    pub data_dir: Option<PathBuf>,
+    /// Datacenter of this agent
+    #[arg(long, alias = "dc")]
+    pub datacenter: Option<String>,
+    /// Node name (default: hostname)
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Node ID (a UUID; generated when absent)
+    #[arg(long = "node-id")]
+    pub node_id: Option<String>,
+    /// Address to bind cluster traffic to
+    #[arg(long)]
+    pub bind: Option<IpAddr>,
+    /// Address to advertise to other agents
+    #[arg(long)]
+    pub advertise: Option<IpAddr>,
+    /// Address for the HTTP and DNS interfaces
+    #[arg(long)]
+    pub client: Option<IpAddr>,
+    /// HTTP API port (0 picks a free one; -1 disables)
+    #[arg(long = "http-port", allow_hyphen_values = true)]
+    pub http_port: Option<i32>,
+    /// DNS port (-1 disables)
+    #[arg(long = "dns-port", allow_hyphen_values = true)]
+    pub dns_port: Option<i32>,
+    /// Server RPC port
+    #[arg(long = "server-port")]
+    pub server_port: Option<u16>,
+    /// LAN gossip port
+    #[arg(long = "serf-lan-port")]
+    pub serf_lan_port: Option<u16>,
+    /// DNS domain
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Log level: trace, debug, info, warn, error
+    #[arg(long = "log-level")]
+    pub log_level: Option<String>,
+    /// Log as JSON
+    #[arg(long = "log-json", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub log_json: bool,
+    /// Default wait of blocking queries
+    #[arg(long = "default-query-time", value_parser = parse_duration)]
+    pub default_query_time: Option<Duration>,
+    /// Longest wait of blocking queries
+    #[arg(long = "max-query-time", value_parser = parse_duration)]
+    pub max_query_time: Option<Duration>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    cairn_shared::duration::parse(s).map_err(|e| e.to_string())
+}
+
+fn port(value: i32, name: &str) -> Result<Option<u16>, String> {
+    match value {
+        -1 => Ok(None),
+        0..=65535 => Ok(Some(value as u16)),
+        _ => Err(format!("{name}: {value} is not a port")),
+    }
+}
+
+impl AgentArgs {
+    /// The configuration these flags describe, on top of the defaults (or `-dev`'s).
+    pub fn config(&self) -> Result<Config, String> {
+        let mut c = if self.dev {
+            Config::dev()
+        } else {
+            Config::default()
+        };
+        c.server |= self.server;
+        c.bootstrap |= self.bootstrap;
+        if self.bootstrap_expect.is_some() {
+            c.bootstrap_expect = self.bootstrap_expect;
+        }
+        if let Some(d) = &self.data_dir {
+            c.data_dir = Some(d.clone());
+        }
+        if let Some(dc) = &self.datacenter {
+            c.datacenter = dc.clone();
+        }
+        if let Some(n) = &self.node {
+            c.node_name = n.clone();
+        }
+        if let Some(id) = &self.node_id {
+            c.node_id = id.clone();
+        }
+        if let Some(b) = self.bind {
+            c.bind_addr = b;
+        }
+        c.advertise_addr = self.advertise.or(c.advertise_addr);
+        if let Some(a) = self.client {
+            c.client_addr = a;
+        }
+        if let Some(p) = self.http_port {
+            c.ports.http = port(p, "http-port")?;
+        }
+        if let Some(p) = self.dns_port {
+            c.ports.dns = port(p, "dns-port")?;
+        }
+        if let Some(p) = self.server_port {
+            c.ports.server = p;
+        }
+        if let Some(p) = self.serf_lan_port {
+            c.ports.serf_lan = p;
+        }
+        if let Some(d) = &self.domain {
+            c.domain = if d.ends_with('.') {
+                d.clone()
+            } else {
+                format!("{d}.")
+            };
+        }
+        if let Some(l) = &self.log_level {
+            c.log_level = l.clone();
+        }
+        c.log_json |= self.log_json;
+        if let Some(d) = self.default_query_time {
+            c.default_query_time = d;
+        }
+        if let Some(d) = self.max_query_time {
+            c.max_query_time = d;
+        }
+        Ok(c)
+    }
+}
+
+pub async fn run(args: AgentArgs) -> u8 {
+    let config = match args.config() {
+        Ok(c) => c,
+        Err(e) => return super::fail(format!("==> {e}")),
+    };
+    telemetry::init_logging(&config.log_level, config.log_json);
+    let telemetry = match Telemetry::install() {
+        Ok(t) => t,
+        Err(e) => return super::fail(format!("==> {e}")),
+    };
+    let shutdown = CancellationToken::new();
+    let deps = Deps {
+        telemetry,
+        ..Deps::default()
+    };
+    let handle = match agent::start(config.clone(), deps, shutdown.clone()).await {
+        Ok(h) => h,
+        Err(e) => return super::fail(format!("==> Error starting agent: {e}")),
+    };
+    print_banner(&config, &handle);
+    wait_for_signal().await;
+    println!("==> Caught signal, shutting down");
+    handle.shutdown();
+    handle.stopped().await;
+    println!("==> Cairn agent stopped");
+    0
+}
+
+fn print_banner(c: &Config, h: &agent::AgentHandle) {
+    let http = h
+        .http_addr
+        .map_or("-1".to_string(), |a| a.port().to_string());
+    let dns = c.ports.dns.map_or("-1".to_string(), |p| p.to_string());
+    println!("==> Starting Cairn agent...");
+    println!("           Version: '{}'", crate::version::VERSION);
+    println!("           Node ID: '{}'", h.node_id);
+    println!("         Node name: '{}'", h.node_name);
+    println!("        Datacenter: '{}' (Segment: '<all>')", c.datacenter);
+    println!(
+        "            Server: {} (Bootstrap: {})",
+        c.server, c.bootstrap
+    );
+    println!(
+        "       Client Addr: [{}] (HTTP: {http}, HTTPS: -1, gRPC: -1, DNS: {dns})",
+        c.client_addr
+    );
+    println!(
+        "      Cluster Addr: {} (LAN: {}, WAN: {})",
+        c.advertise(),
+        c.ports.serf_lan,
+        c.ports.serf_wan.map_or(-1, i32::from)
+    );
+    println!(" Gossip Encryption: false");
+    if c.dev {
+        println!("          Dev Mode: true (in-memory state, lost on exit)");
+    }
+    println!();
+    println!("==> Log data will now stream in as it occurs:");
+    println!();
+}
+
+async fn wait_for_signal() {
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let int = async {
+        match int.as_mut() {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = int => {}
+    }
+}

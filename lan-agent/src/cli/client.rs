@@ -1,0 +1,206 @@
+//! The CLI's HTTP client for an agent, with Consul's common flags and environment
+//! (`-http-addr`, `CAIRN_HTTP_ADDR` then `CONSUL_HTTP_ADDR`, `-token`, `-datacenter`).
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{ArgAction, Args};
+use reqwest::{Method, StatusCode};
+
+/// Flags every agent-talking subcommand accepts.
+#[derive(Debug, Clone, Args, Default)]
+pub struct HttpFlags {
+    /// Address of the agent's HTTP API (env CAIRN_HTTP_ADDR or CONSUL_HTTP_ADDR)
+    #[arg(long = "http-addr", value_name = "ADDR")]
+    pub http_addr: Option<String>,
+    /// ACL token (env CAIRN_HTTP_TOKEN or CONSUL_HTTP_TOKEN)
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Datacenter to query; defaults to the agent's
+    #[arg(long)]
+    pub datacenter: Option<String>,
+    /// Allow any server to answer, not only the leader
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", action = ArgAction::Set)]
+    pub stale: bool,
+}
+
+/// An answer from the agent.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).trim().to_string()
+    }
+
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
+        serde_json::from_slice(&self.body).context("decoding the agent's answer")
+    }
+
+    /// `X-Consul-Index`, 0 when absent.
+    pub fn index(&self) -> u64 {
+        self.headers
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Fails with Consul's `Unexpected response code: N (body)` unless 2xx.
+    pub fn ok(self) -> anyhow::Result<Self> {
+        if self.status.is_success() {
+            Ok(self)
+        } else {
+            bail!(
+                "Unexpected response code: {} ({})",
+                self.status.as_u16(),
+                self.text()
+            )
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+    datacenter: Option<String>,
+    stale: bool,
+}
+
+fn env_first(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+}
+
+impl Client {
+    pub fn new(flags: &HttpFlags) -> anyhow::Result<Self> {
+        let addr = flags
+            .http_addr
+            .clone()
+            .or_else(|| env_first(&["CAIRN_HTTP_ADDR", "CONSUL_HTTP_ADDR"]))
+            .unwrap_or_else(|| "127.0.0.1:8500".to_string());
+        let base = if addr.starts_with("http://") {
+            addr.trim_end_matches('/').to_string()
+        } else if addr.starts_with("https://") || addr.starts_with("unix://") {
+            bail!("{addr}: only plain http addresses are supported by this build");
+        } else {
+            format!("http://{}", addr.trim_end_matches('/'))
+        };
+        let token = flags
+            .token
+            .clone()
+            .or_else(|| env_first(&["CAIRN_HTTP_TOKEN", "CONSUL_HTTP_TOKEN"]));
+        // Blocking queries wait up to 10 minutes plus jitter.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(660))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self {
+            http,
+            base,
+            token,
+            datacenter: flags.datacenter.clone(),
+            stale: flags.stale,
+        })
+    }
+
+    /// Sends a request to `path` (which starts with `/v1/`) with `query` parameters; a
+    /// parameter with an empty value is sent bare (`?recurse`).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Reply> {
+        let mut url = format!("{}{}", self.base, encode_path(path));
+        let mut pairs: Vec<(String, String)> = query
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), v.clone()))
+            .collect();
+        if let Some(dc) = &self.datacenter {
+            pairs.push(("dc".into(), dc.clone()));
+        }
+        if self.stale && method == Method::GET {
+            pairs.push(("stale".into(), String::new()));
+        }
+        if !pairs.is_empty() {
+            let q: Vec<String> = pairs
+                .iter()
+                .map(|(k, v)| {
+                    if v.is_empty() {
+                        k.clone()
+                    } else {
+                        form_urlencoded::Serializer::new(String::new())
+                            .append_pair(k, v)
+                            .finish()
+                    }
+                })
+                .collect();
+            url.push('?');
+            url.push_str(&q.join("&"));
+        }
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.header("X-Consul-Token", t);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("Error connecting to Cairn agent at {}", self.base))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp
+            .bytes()
+            .await
+            .context("reading the agent's answer")?
+            .to_vec();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    pub async fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Reply> {
+        self.call(Method::GET, path, query, None).await
+    }
+
+    pub async fn put(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> anyhow::Result<Reply> {
+        self.call(Method::PUT, path, query, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Reply> {
+        self.call(Method::DELETE, path, query, None).await
+    }
+}
+
+/// Percent-encodes what a URL path cannot carry, keeping `/`.
+fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}

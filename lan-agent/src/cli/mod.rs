@@ -1,0 +1,127 @@
+//! The `cairn` command line. `agent` runs an agent; every other subcommand is a client of a
+//! running agent's HTTP API, like Consul's CLI. Flags are spelled Consul's way (`-recurse`,
+//! `-data-dir=/x`); see [`argv`].
+
+pub mod agent;
+pub mod argv;
+pub mod client;
+pub mod kv;
+pub mod lock;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn",
+    about = "Service discovery, health checking and configuration, speaking Consul's API",
+    version = crate::version::VERSION,
+    disable_version_flag = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an agent (client, server, or -dev)
+    Agent(agent::AgentArgs),
+    /// Read and write the key/value store
+    #[command(subcommand)]
+    Kv(kv::KvCommand),
+    /// Run a command while holding a lock or semaphore
+    Lock(lock::LockArgs),
+    /// Print the version
+    Version(VersionArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VersionArgs {
+    /// Output format: pretty or json
+    #[arg(long, default_value = "pretty")]
+    pub format: String,
+}
+
+/// Entry point for `main`: parse, run, map the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let args = argv::normalise(Cli::command(), std::env::args().collect());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Go's flag package exits 1 on usage errors; help is not an error.
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(run(cli));
+    // Blocking reads of stdin (kv put -) must not keep the process alive.
+    runtime.shutdown_background();
+    ExitCode::from(code)
+}
+
+/// Runs a parsed command; returns the process exit code.
+pub async fn run(cli: Cli) -> u8 {
+    match cli.command {
+        Command::Agent(args) => agent::run(args).await,
+        Command::Kv(cmd) => kv::run(cmd).await,
+        Command::Lock(args) => lock::run(args).await,
+        Command::Version(args) => version(&args),
+    }
+}
+
+fn version(args: &VersionArgs) -> u8 {
+    use crate::version::{BUILD_DATE, PROTOCOL_LINE, REVISION, VERSION};
+    match args.format.as_str() {
+        "pretty" => {
+            println!("Cairn v{VERSION}");
+            if !REVISION.is_empty() {
+                println!("Revision {REVISION}");
+            }
+            if !BUILD_DATE.is_empty() {
+                println!("Build Date {BUILD_DATE}");
+            }
+            println!("{PROTOCOL_LINE}");
+            0
+        }
+        "json" => {
+            let body = serde_json::json!({
+                "Version": VERSION,
+                "Revision": REVISION,
+                "Prerelease": "",
+                "BuildDate": BUILD_DATE,
+                "RPC": {"Default": 2, "Min": 2, "Max": 3},
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&body).unwrap_or_default()
+            );
+            0
+        }
+        other => {
+            eprintln!("Unknown format: {other}");
+            1
+        }
+    }
+}
+
+/// Prints an error the way Consul's CLI does (to stderr) and returns exit code 1.
+pub(crate) fn fail(msg: impl std::fmt::Display) -> u8 {
+    eprintln!("{msg}");
+    1
+}

@@ -1,0 +1,235 @@
+//! Agent configuration: one struct with Consul's defaults in one place, built from flags
+//! (and, later, config files), then checked by [`Config::validate`].
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Ports the agent listens on; `-1` in Consul's config disables one, here `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ports {
+    pub http: Option<u16>,
+    pub dns: Option<u16>,
+    pub server: u16,
+    pub serf_lan: u16,
+    pub serf_wan: Option<u16>,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self {
+            http: Some(8500),
+            dns: Some(8600),
+            server: 8300,
+            serf_lan: 8301,
+            serf_wan: Some(8302),
+        }
+    }
+}
+
+/// `limits {}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// `kv_max_value_size`: Raft's suggested maximum entry size.
+    pub kv_max_value_size: usize,
+    /// `txn_max_req_len`.
+    pub txn_max_req_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            kv_max_value_size: 512 * 1024,
+            txn_max_req_len: 512 * 1024,
+        }
+    }
+}
+
+/// Why a configuration was refused; names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("data_dir: must be set unless -dev is given")]
+    MissingDataDir,
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    /// Empty means generate one (and persist it under `data_dir`).
+    pub node_id: String,
+    pub datacenter: String,
+    pub data_dir: Option<PathBuf>,
+    pub dev: bool,
+    pub server: bool,
+    pub bootstrap: bool,
+    pub bootstrap_expect: Option<u32>,
+    pub bind_addr: IpAddr,
+    pub advertise_addr: Option<IpAddr>,
+    /// Where HTTP and DNS listen.
+    pub client_addr: IpAddr,
+    pub ports: Ports,
+    pub domain: String,
+    pub log_level: String,
+    pub log_json: bool,
+    pub limits: Limits,
+    pub default_query_time: Duration,
+    pub max_query_time: Duration,
+    pub session_ttl_min: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_name: default_node_name(),
+            node_id: String::new(),
+            datacenter: "dc1".to_string(),
+            data_dir: None,
+            dev: false,
+            server: false,
+            bootstrap: false,
+            bootstrap_expect: None,
+            bind_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            advertise_addr: None,
+            client_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ports: Ports::default(),
+            domain: "consul.".to_string(),
+            log_level: "info".to_string(),
+            log_json: false,
+            limits: Limits::default(),
+            default_query_time: Duration::from_secs(300),
+            max_query_time: Duration::from_secs(600),
+            session_ttl_min: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// `-dev`: an in-memory server bound to loopback, as Consul's dev mode.
+    pub fn dev() -> Self {
+        Self {
+            dev: true,
+            server: true,
+            bootstrap: true,
+            bind_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            log_level: "debug".to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// A dev agent on ephemeral loopback ports, for in-process tests.
+    pub fn for_test() -> Self {
+        let mut c = Self::dev();
+        c.node_name = "test-node".to_string();
+        c.ports.http = Some(0);
+        c.ports.dns = None;
+        c.log_level = "warn".to_string();
+        c
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.dev && self.data_dir.is_none() {
+            return Err(ConfigError::MissingDataDir);
+        }
+        if self.node_name.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "node_name",
+                reason: "must not be empty".into(),
+            });
+        }
+        if self.datacenter.is_empty()
+            || !self
+                .datacenter
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError::Invalid {
+                key: "datacenter",
+                reason: format!(
+                    "{:?} must be alphanumeric with - or _ only",
+                    self.datacenter
+                ),
+            });
+        }
+        if self.bootstrap && self.bootstrap_expect.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "bootstrap_expect",
+                reason: "cannot be combined with bootstrap".into(),
+            });
+        }
+        if self.bootstrap_expect.is_some() && !self.server {
+            return Err(ConfigError::Invalid {
+                key: "bootstrap_expect",
+                reason: "requires server mode".into(),
+            });
+        }
+        if self.max_query_time < self.default_query_time {
+            return Err(ConfigError::Invalid {
+                key: "max_query_time",
+                reason: "must not be below default_query_time".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The address other agents reach this one at.
+    pub fn advertise(&self) -> IpAddr {
+        match self.advertise_addr {
+            Some(a) => a,
+            None if self.bind_addr.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            None => self.bind_addr,
+        }
+    }
+
+    /// This server's RPC address as `/v1/status/leader` shows it.
+    pub fn rpc_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.advertise(), self.ports.server)
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.ports
+            .http
+            .map(|p| SocketAddr::new(self.client_addr, p))
+    }
+}
+
+fn default_node_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc == 0 {
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        if let Ok(name) = std::str::from_utf8(&buf[..end])
+            && !name.is_empty()
+        {
+            return name.to_string();
+        }
+    }
+    "cairn".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_config_is_valid_and_server_without_data_dir_is_not() {
+        Config::dev().validate().unwrap();
+        let c = Config {
+            server: true,
+            ..Config::default()
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::MissingDataDir)));
+    }
+
+    #[test]
+    fn bootstrap_expect_needs_server() {
+        let c = Config {
+            bootstrap_expect: Some(3),
+            data_dir: Some("/tmp/x".into()),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("server"));
+    }
+}

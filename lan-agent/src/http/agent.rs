@@ -1,0 +1,127 @@
+//! `/v1/agent/self` and `/v1/agent/metrics`: what this agent is, and its counters.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::json;
+
+use super::error::ApiResult;
+use super::{HttpState, Params, json, methods};
+use crate::version;
+
+pub(super) fn router() -> Router<HttpState> {
+    Router::new()
+        .route("/v1/agent/self", methods(get(agent_self), "GET"))
+        .route("/v1/agent/metrics", methods(get(agent_metrics), "GET"))
+}
+
+async fn agent_self(State(st): State<HttpState>, req: Request) -> ApiResult {
+    let params = Params::parse(req.uri().query());
+    let info = &st.info;
+    let role = if info.server { "consul" } else { "node" };
+    let body = json!({
+        "Config": {
+            "Datacenter": info.datacenter,
+            "PrimaryDatacenter": info.datacenter,
+            "NodeName": info.node_name,
+            "NodeID": info.node_id,
+            "Revision": version::REVISION,
+            "Server": info.server,
+            "Version": version::VERSION,
+            "BuildDate": version::BUILD_DATE,
+        },
+        "DebugConfig": info.debug_config,
+        "Coord": null,
+        "Member": {
+            "Name": info.node_name,
+            "Addr": info.lan_addr,
+            "Port": info.lan_port,
+            "Tags": {
+                "role": role,
+                "dc": info.datacenter,
+                "id": info.node_id,
+                "build": format!("{}:{}", version::VERSION, version::REVISION),
+                "vsn": "2",
+                "vsn_min": "2",
+                "vsn_max": "3",
+                "segment": "",
+            },
+            "Status": 1,
+            "ProtocolMin": 1,
+            "ProtocolMax": 5,
+            "ProtocolCur": 2,
+            "DelegateMin": 2,
+            "DelegateMax": 5,
+            "DelegateCur": 4,
+        },
+        "Stats": (st.stats.0)(),
+        "Meta": info.node_meta,
+    });
+    Ok(json(&st, &params, StatusCode::OK, &body))
+}
+
+async fn agent_metrics(State(st): State<HttpState>, req: Request) -> ApiResult {
+    let params = Params::parse(req.uri().query());
+    let accept = req
+        .headers()
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let wants_text = params.get("format") == Some("prometheus")
+        || accept.contains("application/openmetrics-text");
+    if wants_text {
+        return Ok((
+            StatusCode::OK,
+            [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+            st.telemetry.render_prometheus(),
+        )
+            .into_response());
+    }
+    let body = st.telemetry.render_json(go_utc_now());
+    Ok(json(&st, &params, StatusCode::OK, &body))
+}
+
+/// Now, rounded to the second, as Go prints a UTC time: `2017-08-08 02:55:10 +0000 UTC`.
+fn go_utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02} +0000 UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(17_386), (2017, 8, 8));
+        assert_eq!(civil_from_days(20_513), (2026, 3, 1));
+    }
+}

@@ -1,0 +1,312 @@
+//! The HTTP API on `:8500`, with Consul's paths, JSON shapes, headers and status codes.
+//!
+//! Handlers translate requests into [`ReadRequest`]s and [`WriteRequest`]s for the agent's
+//! [`Rpc`] (the local server on a server agent, a remote one on a client) and shape the
+//! answers. One file per resource; this file holds the router, the Consul-wide rules
+//! (method checks with `Allow`, the unprintable-path filter, `X-Consul-*` headers,
+//! `?pretty`) and the response helpers.
+//!
+//! [`ReadRequest`]: cairn_shared::rpc::ReadRequest
+//! [`WriteRequest`]: cairn_shared::rpc::WriteRequest
+
+mod agent;
+pub mod decode;
+pub mod error;
+mod kv;
+pub mod params;
+mod session;
+mod status;
+mod txn;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use cairn_shared::rpc::QueryMeta;
+use serde::Serialize;
+
+use crate::config::Limits;
+use crate::server::Rpc;
+use crate::telemetry::{Telemetry, names};
+use error::ApiError;
+pub use params::Params;
+
+/// What the agent tells `/v1/agent/self` about itself.
+#[derive(Debug, Clone)]
+pub struct AgentInfo {
+    pub node_name: String,
+    pub node_id: String,
+    pub datacenter: String,
+    pub server: bool,
+    pub dev: bool,
+    /// The serf LAN address and port other agents see.
+    pub lan_addr: String,
+    pub lan_port: u16,
+    pub node_meta: BTreeMap<String, String>,
+    /// Sanitized runtime configuration for `DebugConfig`.
+    pub debug_config: serde_json::Value,
+}
+
+/// Everything a handler needs.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    pub rpc: Arc<dyn Rpc>,
+    pub info: Arc<AgentInfo>,
+    pub telemetry: Telemetry,
+    pub limits: Limits,
+    pub stats: StatsFn,
+    pub started: Instant,
+}
+
+/// Sections of `Stats` in `/v1/agent/self`, each a map of string values.
+pub type Stats = BTreeMap<String, BTreeMap<String, String>>;
+
+/// Produces live statistics for `/v1/agent/self` and `cairn info`.
+#[derive(Clone)]
+pub struct StatsFn(pub Arc<dyn Fn() -> Stats + Send + Sync>);
+
+impl std::fmt::Debug for StatsFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StatsFn")
+    }
+}
+
+/// The full API router.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/v1/kv", methods(kv::routes(), "GET,PUT,DELETE"))
+        .route("/v1/kv/", methods(kv::routes(), "GET,PUT,DELETE"))
+        .route("/v1/kv/{*key}", methods(kv::routes(), "GET,PUT,DELETE"))
+        .route("/v1/txn", methods(txn::routes(), "PUT"))
+        .merge(session::router())
+        .merge(status::router())
+        .merge(agent::router())
+        .fallback(unknown_path)
+        .layer(middleware::from_fn(consul_rules))
+        .with_state(state)
+}
+
+/// Consul's method handling: `OPTIONS` answers with `Allow`, anything not listed is a 405
+/// with `Allow: OPTIONS,<methods>` and the body `method X not allowed`.
+pub(crate) fn methods(
+    router: MethodRouter<HttpState>,
+    allowed: &'static str,
+) -> MethodRouter<HttpState> {
+    let allow = format!("OPTIONS,{allowed}");
+    let allow2 = allow.clone();
+    router
+        .options(move || {
+            let allow = allow.clone();
+            async move { (StatusCode::OK, [("allow", allow)]).into_response() }
+        })
+        .fallback(move |method: Method| {
+            let allow = allow2.clone();
+            async move {
+                (
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    [("allow", allow)],
+                    format!("method {method} not allowed"),
+                )
+                    .into_response()
+            }
+        })
+}
+
+async fn unknown_path(req: Request) -> Response {
+    let body = if req.uri().path().contains("/v1/") {
+        "Invalid URL path: not a recognized HTTP API endpoint\n"
+    } else {
+        "Invalid URL path: if attempting to use the HTTP API, ensure the path starts with '/v1/'\n"
+    };
+    (StatusCode::NOT_FOUND, body).into_response()
+}
+
+/// Rules Consul applies to every request: paths with unprintable characters (after
+/// percent-decoding, so `%0a` counts) get an empty 400; every answer carries
+/// `X-Consul-Default-ACL-Policy`; requests are counted and timed.
+async fn consul_rules(req: Request, next: Next) -> Response {
+    if has_unprintable(req.uri().path()) {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    let method = req.method().clone();
+    let started = Instant::now();
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(
+        "x-consul-default-acl-policy",
+        HeaderValue::from_static("allow"),
+    );
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!(names::HTTP_REQUESTS, "method" => method.to_string(), "code" => status)
+        .increment(1);
+    metrics::histogram!(names::HTTP_REQUEST_SECONDS, "method" => method.to_string())
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+fn has_unprintable(raw_path: &str) -> bool {
+    let decoded = percent_decode(raw_path);
+    String::from_utf8_lossy(&decoded)
+        .chars()
+        .any(|c| c.is_control() || (c.is_whitespace() && c != ' '))
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Whether JSON answers are indented: `?pretty` anywhere, or always on a dev agent, as Consul.
+fn pretty(state: &HttpState, params: &Params) -> bool {
+    state.info.dev || params.has("pretty")
+}
+
+/// Serialises `body` as Consul does: compact, or indented with four spaces plus a newline.
+pub(crate) fn json_body<T: Serialize + ?Sized>(body: &T, pretty: bool) -> Vec<u8> {
+    if !pretty {
+        return serde_json::to_vec(body).unwrap_or_default();
+    }
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    if body.serialize(&mut ser).is_err() {
+        return Vec::new();
+    }
+    out.push(b'\n');
+    out
+}
+
+/// A JSON answer with the given status.
+pub(crate) fn json<T: Serialize + ?Sized>(
+    state: &HttpState,
+    params: &Params,
+    status: StatusCode,
+    body: &T,
+) -> Response {
+    (
+        status,
+        [("content-type", "application/json")],
+        json_body(body, pretty(state, params)),
+    )
+        .into_response()
+}
+
+/// Adds the `X-Consul-*` headers every read answers with.
+pub(crate) fn set_meta(headers: &mut HeaderMap, meta: &QueryMeta) {
+    let put = |h: &mut HeaderMap, k: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    };
+    put(headers, "x-consul-index", meta.index.max(1).to_string());
+    put(
+        headers,
+        "x-consul-knownleader",
+        meta.known_leader.to_string(),
+    );
+    put(
+        headers,
+        "x-consul-lastcontact",
+        meta.last_contact_ms.to_string(),
+    );
+    put(
+        headers,
+        "x-consul-effective-consistency",
+        meta.consistency.header_value().to_string(),
+    );
+}
+
+/// A read's answer: JSON plus its meta headers.
+pub(crate) fn query_json<T: Serialize + ?Sized>(
+    state: &HttpState,
+    params: &Params,
+    meta: &QueryMeta,
+    body: &T,
+) -> Response {
+    let mut resp = json(state, params, StatusCode::OK, body);
+    set_meta(resp.headers_mut(), meta);
+    resp
+}
+
+/// A read that found nothing: 404 with an empty body, but still with its index so the
+/// client can block on it.
+pub(crate) fn query_not_found(meta: &QueryMeta) -> Response {
+    let mut resp = StatusCode::NOT_FOUND.into_response();
+    set_meta(resp.headers_mut(), meta);
+    resp
+}
+
+/// Reads a request body up to `limit` bytes; beyond it, `too_large` builds the 413 from the
+/// size (the declared `Content-Length`, or what had arrived when the limit was crossed).
+pub(crate) async fn read_body(
+    body: Body,
+    declared: Option<u64>,
+    limit: usize,
+    too_large: impl Fn(u64) -> ApiError,
+) -> Result<Bytes, ApiError> {
+    if let Some(len) = declared
+        && len > limit as u64
+    {
+        return Err(too_large(len));
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large(declared.unwrap_or(limit as u64 + 1)))
+}
+
+/// The `Content-Length` a request declared, if any.
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unprintable_paths_are_detected_after_decoding() {
+        assert!(has_unprintable("/v1/kv/a%0ab"));
+        assert!(has_unprintable("/v1/kv/a%0Ab"));
+        assert!(has_unprintable("/v1/kv/%09"));
+        assert!(has_unprintable("/v1/kv/%C2%A0"));
+        assert!(!has_unprintable("/v1/kv/a%20b"));
+        assert!(!has_unprintable("/v1/kv/caf%C3%A9"));
+        assert!(!has_unprintable("/v1/kv/100%"));
+    }
+
+    #[test]
+    fn pretty_json_uses_four_spaces_and_a_newline() {
+        let body = json_body(&serde_json::json!({"A": [1]}), true);
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            "{\n    \"A\": [\n        1\n    ]\n}\n"
+        );
+        assert_eq!(json_body(&serde_json::json!({"A": 1}), false), b"{\"A\":1}");
+    }
+}

@@ -1,0 +1,21 @@
+//! The Cairn LAN agent: everything behind the `cairn` binary.
+//!
+//! Layout:
+//! - [`agent`]: starts an agent from a [`config::Config`] and tracks its tasks.
+//! - [`catalog`]: the state store, applied by one deterministic `apply` per command.
+//! - [`server`]: the server endpoint (blocking reads, writes into the log, session TTLs).
+//! - [`http`]: Consul's HTTP API on top of the server endpoint.
+//! - [`cli`]: the subcommands, each a client of an agent's HTTP API (except `agent`).
+//! - [`telemetry`], [`clock`], [`config`], [`version`]: support.
+//!
+//! `main.rs` only parses arguments and hands over to [`cli::run`].
+
+pub mod agent;
+pub mod catalog;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod server;
+pub mod telemetry;
+pub mod version;

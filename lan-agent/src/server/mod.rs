@@ -1,0 +1,318 @@
+//! The server endpoint: answers [`ReadRequest`]s (blocking, with consistency modes) and
+//! turns [`WriteRequest`]s into log commands.
+//!
+//! This is where Consul's RPC endpoint logic lives: the leader stamps each write with the
+//! time and generated IDs, validates what does not depend on state, keeps session TTL
+//! timers and the tombstone reaper. Everything that depends on state is decided in
+//! [`crate::catalog::Store::apply`], so it is replicated deterministically.
+
+pub mod consensus;
+mod sessions;
+mod tombstones;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cairn_shared::api::{Session, SessionBehavior};
+use cairn_shared::rpc::{
+    Query, QueryMeta, QueryResult, ReadRequest, ReadResponse, RpcError, WriteOp, WriteRequest,
+    WriteResult,
+};
+use cairn_shared::{api, duration};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::catalog::{Command, CommandOp, StateStore, Store};
+use crate::clock::Clock;
+pub use consensus::{Applied, Consensus, DevConsensus, LeaderStatus};
+use sessions::SessionTimers;
+
+/// Consul's bounds and defaults for what servers accept.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub datacenter: String,
+    /// `default_query_time`: how long a blocking query waits without `?wait`.
+    pub default_query_time: Duration,
+    /// `max_query_time`: the cap on `?wait`.
+    pub max_query_time: Duration,
+    /// `session_ttl_min`.
+    pub session_ttl_min: Duration,
+    /// How long a deleted key's tombstone keeps its prefix index from going back.
+    pub tombstone_ttl: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(datacenter: &str) -> Self {
+        Self {
+            datacenter: datacenter.to_string(),
+            default_query_time: Duration::from_secs(300),
+            max_query_time: Duration::from_secs(600),
+            session_ttl_min: Duration::from_secs(10),
+            tombstone_ttl: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// Consul's `SessionTTLMax`.
+pub const SESSION_TTL_MAX: Duration = Duration::from_secs(86_400);
+/// Consul's blocking-query jitter: up to wait/16 is added.
+const JITTER_FRACTION: u32 = 16;
+
+/// Answers reads and writes, locally or for agents that forward to it.
+#[async_trait]
+pub trait Rpc: Send + Sync + std::fmt::Debug {
+    async fn read(&self, req: ReadRequest) -> Result<ReadResponse, RpcError>;
+    async fn write(&self, req: WriteRequest) -> Result<WriteResult, RpcError>;
+}
+
+/// A server's endpoint over its state store and consensus.
+#[derive(Debug, Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ServerConfig,
+    state: Arc<StateStore>,
+    consensus: Arc<dyn Consensus>,
+    clock: Arc<dyn Clock>,
+    timers: SessionTimers,
+    /// Ends blocking queries early when the agent stops.
+    shutdown: CancellationToken,
+}
+
+impl Server {
+    /// Starts the server's background tasks (session TTL timers, tombstone reaper) on
+    /// `tasks`; they stop when `shutdown` is cancelled.
+    pub fn start(
+        config: ServerConfig,
+        state: Arc<StateStore>,
+        consensus: Arc<dyn Consensus>,
+        clock: Arc<dyn Clock>,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (timers, expired) = SessionTimers::new();
+        let server = Self {
+            inner: Arc::new(Inner {
+                config,
+                state,
+                consensus,
+                clock,
+                timers,
+                shutdown: shutdown.clone(),
+            }),
+        };
+        let s = server.clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move { s.expire_sessions(expired, stop).await });
+        let s = server.clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move { tombstones::reap_loop(s, stop).await });
+        server
+            .inner
+            .timers
+            .spawn(tasks, server.inner.state.clone(), shutdown);
+        server
+    }
+
+    pub fn state(&self) -> &Arc<StateStore> {
+        &self.inner.state
+    }
+
+    pub fn status(&self) -> LeaderStatus {
+        self.inner.consensus.status()
+    }
+
+    /// Proposes a command on the leader, stamped with the current time.
+    pub async fn propose(&self, op: CommandOp) -> Result<Applied, RpcError> {
+        let cmd = Command {
+            now_ms: self.inner.clock.now_ms(),
+            op,
+        };
+        self.inner.consensus.propose(cmd).await
+    }
+
+    fn check_dc(&self, dc: &str) -> Result<(), RpcError> {
+        if dc.is_empty() || dc == self.inner.config.datacenter {
+            Ok(())
+        } else {
+            Err(RpcError::internal("No path to datacenter"))
+        }
+    }
+
+    async fn expire_sessions(
+        &self,
+        mut expired: tokio::sync::mpsc::UnboundedReceiver<String>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let id = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                id = expired.recv() => match id { Some(id) => id, None => return },
+            };
+            let still_there = self.inner.state.read(|s| s.session(&id).is_some());
+            if !still_there {
+                continue;
+            }
+            tracing::debug!(session = %id, "session TTL expired");
+            let op = CommandOp::Client(WriteOp::SessionDestroy { id: id.clone() });
+            if let Err(e) = self.propose(op).await.and_then(|applied| applied) {
+                tracing::warn!(session = %id, error = %e, "failed to destroy expired session");
+            }
+        }
+    }
+
+    /// Validates a session request the way Consul's Session.Apply endpoint does and
+    /// gives it an ID that is not in use.
+    fn prepare_session(&self, mut s: Session) -> Result<Session, RpcError> {
+        if s.node.is_empty() {
+            return Err(RpcError::internal("Must provide Node"));
+        }
+        if !s.ttl.is_empty() {
+            let ttl = duration::parse(&s.ttl)
+                .map_err(|e| RpcError::internal(format!("Session TTL '{}' invalid: {e}", s.ttl)))?;
+            let min = self.inner.config.session_ttl_min;
+            if !ttl.is_zero() && (ttl < min || ttl > SESSION_TTL_MAX) {
+                return Err(RpcError::internal(format!(
+                    "Invalid Session TTL '{}', must be between [{}={}]",
+                    ttl.as_nanos(),
+                    duration::format(min),
+                    duration::format(SESSION_TTL_MAX)
+                )));
+            }
+        }
+        s.id = self.inner.state.read(|store| {
+            loop {
+                let id = uuid::Uuid::new_v4().to_string();
+                if store.session(&id).is_none() {
+                    break id;
+                }
+            }
+        });
+        Ok(s)
+    }
+
+    fn renew(&self, id: &str) -> Result<WriteResult, RpcError> {
+        let Some(session) = self.inner.state.read(|s| s.session(id).cloned()) else {
+            return Err(RpcError::not_found(format!("Session id '{id}' not found")));
+        };
+        self.inner.timers.reset(&session);
+        Ok(WriteResult::Sessions(vec![session]))
+    }
+
+    fn meta(&self, index: u64, req: &ReadRequest) -> QueryMeta {
+        let status = self.inner.consensus.status();
+        QueryMeta {
+            index: index.max(1),
+            known_leader: status.leader_addr.is_some(),
+            last_contact_ms: status.last_contact_ms,
+            consistency: req.options.consistency,
+        }
+    }
+
+    /// How long a blocking query may wait: `?wait` (default `default_query_time`) capped at
+    /// `max_query_time`, plus up to 1/16 random jitter so watchers do not return in step.
+    fn blocking_deadline(&self, wait: Option<Duration>) -> Duration {
+        let cfg = &self.inner.config;
+        let wait = wait
+            .filter(|w| !w.is_zero())
+            .unwrap_or(cfg.default_query_time)
+            .min(cfg.max_query_time);
+        let jitter_ms = (wait / JITTER_FRACTION).as_millis() as u64;
+        let jitter = if jitter_ms > 0 {
+            rand::rng().random_range(0..jitter_ms)
+        } else {
+            0
+        };
+        wait + Duration::from_millis(jitter)
+    }
+}
+
+#[async_trait]
+impl Rpc for Server {
+    async fn read(&self, req: ReadRequest) -> Result<ReadResponse, RpcError> {
+        self.check_dc(&req.options.datacenter)?;
+        match &req.query {
+            Query::Leader => {
+                let status = self.status();
+                return Ok(ReadResponse {
+                    meta: self.meta(self.inner.state.last_index(), &req),
+                    result: QueryResult::Leader(status.leader_addr.unwrap_or_default()),
+                });
+            }
+            Query::Peers => {
+                let status = self.status();
+                return Ok(ReadResponse {
+                    meta: self.meta(self.inner.state.last_index(), &req),
+                    result: QueryResult::Peers(status.peers),
+                });
+            }
+            _ => {}
+        }
+        if req.options.consistency == cairn_shared::rpc::Consistency::Consistent {
+            self.inner.consensus.read_barrier().await?;
+        }
+        let keys = Store::watch_keys(&req.query);
+        let min_index = req.options.min_index;
+        let deadline = tokio::time::Instant::now() + self.blocking_deadline(req.options.max_wait);
+        let mut timed_out = false;
+        loop {
+            // Register before reading so a write landing in between still wakes us.
+            let watch = (!keys.is_empty() && min_index > 0 && !timed_out)
+                .then(|| self.inner.state.hub().watch(keys.clone()));
+            let (index, result) = self.inner.state.read(|s| s.query(&req.query))?;
+            let Some(watch) = watch.filter(|_| index <= min_index) else {
+                return Ok(ReadResponse {
+                    meta: self.meta(index, &req),
+                    result,
+                });
+            };
+            tokio::select! {
+                _ = watch.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => timed_out = true,
+                _ = self.inner.shutdown.cancelled() => timed_out = true,
+            }
+        }
+    }
+
+    async fn write(&self, req: WriteRequest) -> Result<WriteResult, RpcError> {
+        self.check_dc(&req.datacenter)?;
+        let op = match req.op {
+            WriteOp::SessionRenew { id } => return self.renew(&id),
+            WriteOp::SessionCreate(s) => WriteOp::SessionCreate(self.prepare_session(s)?),
+            other => other,
+        };
+        let created = match &op {
+            WriteOp::SessionCreate(s) => Some(s.clone()),
+            _ => None,
+        };
+        // Consul prefixes what its state store refused with the step that refused it.
+        let prefix = match &op {
+            WriteOp::Kv(_) => "raft apply failed: ",
+            _ => "apply failed: ",
+        };
+        let result = self
+            .propose(CommandOp::Client(op))
+            .await?
+            .map_err(|e| RpcError::new(e.kind, format!("{prefix}{}", e.message)))?;
+        if let Some(s) = created {
+            self.inner.timers.reset(&s);
+        }
+        Ok(result)
+    }
+}
+
+/// Defaults for a session created through this agent's HTTP API.
+pub fn default_session(node: &str) -> Session {
+    Session {
+        node: node.to_string(),
+        lock_delay: Duration::from_secs(15).as_nanos() as u64,
+        behavior: SessionBehavior::Release,
+        node_checks: Some(vec![api::SERF_CHECK_ID.to_string()]),
+        ..Session::default()
+    }
+}

@@ -1,0 +1,13 @@
+//! Types and pure algorithms shared by `cairn` (the LAN agent) and `cairn-wan-router`.
+//!
+//! Layout:
+//! - [`api`]: Consul's JSON shapes (KV entries, sessions, transactions).
+//! - [`rpc`]: the read and write requests that flow from an agent's HTTP or DNS surface to
+//!   the servers, locally, over the LAN or across datacenters.
+//! - [`duration`]: Go-style duration parsing and formatting.
+//!
+//! Nothing here opens a socket or needs an async runtime.
+
+pub mod api;
+pub mod duration;
+pub mod rpc;

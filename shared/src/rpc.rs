@@ -1,0 +1,194 @@
+//! Requests and answers between an agent's API surface and the servers.
+//!
+//! Every HTTP or DNS request becomes a [`ReadRequest`] or [`WriteRequest`]. A server answers
+//! them from its state store; a client agent sends them over the server RPC port, and a
+//! request for another datacenter travels through a WAN router. Keeping them plain data is
+//! what lets the same request run locally, across the LAN, or across datacenters, and lets a
+//! blocking query wait on the server that holds the data, as Consul's do.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{KvTxnOp, Session, TxnOp, TxnResponse};
+
+/// Consul's read consistency modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Consistency {
+    /// Served by the leader without a quorum round (`X-Consul-Effective-Consistency: leader`).
+    #[default]
+    Default,
+    /// Served by any server, possibly behind the leader.
+    Stale,
+    /// Linearizable: the leader confirms its leadership with a quorum first.
+    Consistent,
+}
+
+impl Consistency {
+    /// The value of `X-Consul-Effective-Consistency`.
+    pub fn header_value(self) -> &'static str {
+        match self {
+            Self::Default => "leader",
+            Self::Stale => "stale",
+            Self::Consistent => "consistent",
+        }
+    }
+}
+
+/// Options every read carries (`?dc`, `?index`, `?wait`, consistency, token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct QueryOptions {
+    /// Empty means the datacenter of the agent that received the request.
+    pub datacenter: String,
+    /// Block until the result's index is greater than this (0 never blocks).
+    pub min_index: u64,
+    /// How long to block; `None` means the server's default query time.
+    pub max_wait: Option<Duration>,
+    pub consistency: Consistency,
+    pub token: String,
+}
+
+/// What a read says about where its data came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct QueryMeta {
+    /// The index of the data returned; never 0.
+    pub index: u64,
+    pub known_leader: bool,
+    /// Milliseconds since the answering server last heard from the leader (0 on the leader).
+    pub last_contact_ms: u64,
+    pub consistency: Consistency,
+}
+
+/// A read of the state store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Query {
+    /// One key (`/v1/kv/:key`).
+    KvGet {
+        key: String,
+    },
+    /// Every entry under a prefix (`?recurse`).
+    KvList {
+        prefix: String,
+    },
+    /// Key names under a prefix, rolled up at `separator` when it is non-empty (`?keys`).
+    KvKeys {
+        prefix: String,
+        separator: String,
+    },
+    SessionInfo {
+        id: String,
+    },
+    SessionList,
+    SessionNode {
+        node: String,
+    },
+    /// A transaction made only of read verbs.
+    TxnRead(Vec<TxnOp>),
+    /// The leader's RPC address (`/v1/status/leader`).
+    Leader,
+    /// The voters' RPC addresses (`/v1/status/peers`).
+    Peers,
+}
+
+/// The data a [`Query`] returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueryResult {
+    Kv(Vec<crate::api::KvPair>),
+    Keys(Vec<String>),
+    Sessions(Vec<Session>),
+    Txn(TxnResponse),
+    Leader(String),
+    Peers(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRequest {
+    pub query: Query,
+    pub options: QueryOptions,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadResponse {
+    pub meta: QueryMeta,
+    pub result: QueryResult,
+}
+
+/// A change to the state store, as a client asks for it. The leader turns it into a log
+/// command, adding what must be decided once (times, generated IDs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// One of the KV verbs `set`, `cas`, `lock`, `unlock`, `delete`, `delete-cas`, `delete-tree`.
+    Kv(KvTxnOp),
+    /// Create a session; the leader fills in `ID`.
+    SessionCreate(Session),
+    SessionDestroy {
+        id: String,
+    },
+    /// Reset a session's TTL timer on the leader; nothing is written to the log.
+    SessionRenew {
+        id: String,
+    },
+    Txn(Vec<TxnOp>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteRequest {
+    pub datacenter: String,
+    pub token: String,
+    pub op: WriteOp,
+}
+
+/// What a write returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteResult {
+    Bool(bool),
+    SessionId(String),
+    Sessions(Vec<Session>),
+    Txn(TxnResponse),
+}
+
+/// How a request failed; each kind maps to the HTTP status Consul gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    BadRequest,
+    NotFound,
+    PermissionDenied,
+    TooLarge,
+    Conflict,
+    /// No leader within the hold timeout, unknown datacenter and other server-side failures.
+    Internal,
+}
+
+/// An error that crosses the RPC boundary, with Consul's message text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RpcError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadRequest, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    /// Consul's text when no leader is elected within `rpc_hold_timeout`.
+    pub fn no_leader() -> Self {
+        Self::internal("No cluster leader")
+    }
+}

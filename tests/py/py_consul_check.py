@@ -1,0 +1,163 @@
+"""Drives a real `cairn agent -dev` with py-consul (PyPI), an independent Consul client.
+
+Usage: python tests/py/py_consul_check.py PATH_TO_CAIRN
+
+Exercises KV put/get/recurse/keys, check-and-set, a blocking get woken by a write,
+sessions (create/info/renew/destroy with TTL and lock-delay), acquire/release, and
+transactions. Exits non-zero on the first failed expectation.
+"""
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import consul
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_agent(binary):
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="cairn-py-", suffix=".log", delete=False)
+    proc = subprocess.Popen(
+        [binary, "agent", "-dev", f"-http-port={port}", "-dns-port=-1", "-node=py-node"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    c = consul.Consul(host="127.0.0.1", port=port)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            if c.status.leader():
+                return proc, c, log.name
+        except Exception:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    sys.exit("agent did not start:\n" + open(log.name).read())
+
+
+def check_kv(c):
+    assert c.kv.put("py/a", "1") is True
+    assert c.kv.put("py/b/c", "2", flags=9) is True
+    index, entry = c.kv.get("py/a")
+    assert entry["Value"] == b"1", entry
+    assert int(index) >= 1
+    _, missing = c.kv.get("py/missing")
+    assert missing is None
+    _, entries = c.kv.get("py/", recurse=True)
+    assert [e["Key"] for e in entries] == ["py/a", "py/b/c"], entries
+    assert entries[1]["Flags"] == 9
+    _, keys = c.kv.get("py/", keys=True, separator="/")
+    assert keys == ["py/a", "py/b/"], keys
+    # Check-and-set.
+    modify = entry["ModifyIndex"]
+    assert c.kv.put("py/a", "stale", cas=modify + 1000) is False
+    assert c.kv.put("py/a", "fresh", cas=modify) is True
+    assert c.kv.put("py/a", "again", cas=0) is False
+    assert c.kv.delete("py/b", recurse=True) is True
+    _, gone = c.kv.get("py/b/c")
+    assert gone is None
+
+
+def check_blocking(c):
+    index, _ = c.kv.get("py/watch")
+    result = {}
+
+    def wait():
+        start = time.time()
+        result["answer"] = c.kv.get("py/watch", index=index, wait="20s")
+        result["elapsed"] = time.time() - start
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.5)
+    c.kv.put("py/unrelated", "x")
+    time.sleep(0.5)
+    assert t.is_alive(), "an unrelated write woke the watcher"
+    c.kv.put("py/watch", "now")
+    t.join(10)
+    assert not t.is_alive(), "blocking get did not return after the write"
+    new_index, entry = result["answer"]
+    assert int(new_index) > int(index) and entry["Value"] == b"now", result
+    assert result["elapsed"] < 5, result
+
+
+def check_sessions(c):
+    sid = c.session.create(name="py", ttl=10, lock_delay=0)
+    _, info = c.session.info(sid)
+    assert info["Name"] == "py" and info["TTL"] == "10s" and info["LockDelay"] == 0, info
+    renewed = c.session.renew(sid)
+    assert renewed["ID"] == sid, renewed
+    other = c.session.create(name="other")
+    assert c.kv.put("py/lock", "holder", acquire=sid) is True
+    assert c.kv.put("py/lock", "thief", acquire=other) is False
+    _, entry = c.kv.get("py/lock")
+    assert entry["Session"] == sid and entry["LockIndex"] == 1, entry
+    assert c.kv.put("py/lock", "bye", release=other) is False
+    assert c.kv.put("py/lock", "bye", release=sid) is True
+    _, entry = c.kv.get("py/lock")
+    assert "Session" not in entry and entry["Value"] == b"bye", entry
+    # Destroying a holder releases its key.
+    assert c.kv.put("py/lock", "again", acquire=sid) is True
+    assert c.session.destroy(sid) is True
+    _, entry = c.kv.get("py/lock")
+    assert "Session" not in entry, entry
+    _, info = c.session.info(sid)
+    assert info is None
+    _, listed = c.session.list()
+    assert [s["ID"] for s in listed] == [other], listed
+
+
+def check_txn(c):
+    b64 = lambda s: base64.b64encode(s.encode()).decode()
+    ok = c.txn.put([
+        {"KV": {"Verb": "set", "Key": "py/t1", "Value": b64("one")}},
+        {"KV": {"Verb": "set", "Key": "py/t2", "Value": b64("two")}},
+        {"KV": {"Verb": "get", "Key": "py/t1"}},
+    ])
+    assert ok["Errors"] is None and len(ok["Results"]) == 3, ok
+    assert ok["Results"][2]["KV"]["Value"] == b64("one")
+    try:
+        c.txn.put([
+            {"KV": {"Verb": "set", "Key": "py/t3", "Value": b64("three")}},
+            {"KV": {"Verb": "check-not-exists", "Key": "py/t1"}},
+        ])
+        raise AssertionError("a failing transaction must be refused")
+    except consul.ConsulException as e:
+        assert "409" in str(e) or "exists" in str(e), e
+    _, t3 = c.kv.get("py/t3")
+    assert t3 is None, "the failed transaction was not rolled back"
+
+
+def main():
+    binary = sys.argv[1] if len(sys.argv) > 1 else "target/debug/cairn"
+    proc, c, log = start_agent(binary)
+    try:
+        for check in (check_kv, check_blocking, check_sessions, check_txn):
+            check(c)
+            print(f"ok   {check.__name__}")
+    except Exception:
+        print(open(log).read(), file=sys.stderr)
+        raise
+    finally:
+        proc.kill()
+        proc.wait()
+        os.unlink(log)
+    print("py-consul: all checks passed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+//! Agent and status endpoints and the `version` command on the real binary.
+
+#![allow(clippy::unwrap_used)]
+
+use cairn_tests::Agent;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn self_status_and_metrics() {
+    let agent = Agent::dev().await.unwrap();
+    let http = reqwest::Client::new();
+    let me: Value = http
+        .get(agent.url("/v1/agent/self"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["Config"]["NodeName"], agent.node.as_str());
+    assert_eq!(me["Config"]["Datacenter"], "dc1");
+    assert_eq!(me["Config"]["Server"], true);
+    assert_eq!(me["Member"]["Name"], agent.node.as_str());
+    assert_eq!(me["Member"]["Status"], 1);
+    assert_eq!(me["Member"]["Tags"]["role"], "consul");
+    assert_eq!(me["Stats"]["consul"]["leader"], "true");
+    assert!(me["Stats"]["raft"]["applied_index"].is_string());
+
+    let leader: String = http
+        .get(agent.url("/v1/status/leader"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(leader.ends_with(":8300"), "{leader}");
+    let peers: Vec<String> = http
+        .get(agent.url("/v1/status/peers"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(peers, [leader]);
+
+    let json: Value = http
+        .get(agent.url("/v1/agent/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(json["Timestamp"].as_str().unwrap().ends_with("+0000 UTC"));
+    let counters = json["Counters"].as_array().unwrap();
+    assert!(
+        counters
+            .iter()
+            .any(|c| c["Name"] == "cairn_http_requests_total" && c["Count"].as_u64() > Some(0)),
+        "{json}"
+    );
+    let prom = http
+        .get(agent.url("/v1/agent/metrics?format=prometheus"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        prom.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = prom.text().await.unwrap();
+    assert!(text.contains("cairn_http_requests_total{"), "{text}");
+
+    let opts = http
+        .request(reqwest::Method::OPTIONS, agent.url("/v1/kv/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opts.status(), 200);
+    assert_eq!(opts.headers()["allow"], "OPTIONS,GET,PUT,DELETE");
+}
+
+#[test]
+fn version_command() {
+    let out = std::process::Command::new(cairn_tests::cairn_bin())
+        .args(["version"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("Cairn v"), "{text}");
+    assert!(text.contains("Protocol 2 spoken by default"));
+}
