@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cairn_shared::api::{self, CheckStatus, HealthCheck, Node};
+use cairn_shared::api::{self, CheckStatus, HealthCheck, NodeService, RegisterRequest};
+use cairn_shared::rpc::WriteOp;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -169,7 +170,20 @@ fn server_config(config: &Config) -> ServerConfig {
 /// every live member.
 async fn register_self(server: &Server, config: &Config, node_id: &str) -> Result<(), AgentError> {
     let addr = config.advertise().to_string();
-    let node = Node {
+    let serf = HealthCheck {
+        check_id: api::SERF_CHECK_ID.to_string(),
+        name: api::SERF_CHECK_NAME.to_string(),
+        status: CheckStatus::Passing,
+        output: "Agent alive and reachable".to_string(),
+        ..HealthCheck::default()
+    };
+    let consul = config.server.then(|| NodeService {
+        id: "consul".to_string(),
+        service: "consul".to_string(),
+        port: config.ports.server,
+        ..NodeService::default()
+    });
+    let req = RegisterRequest {
         id: node_id.to_string(),
         node: config.node_name.clone(),
         address: addr.clone(),
@@ -180,22 +194,13 @@ async fn register_self(server: &Server, config: &Config, node_id: &str) -> Resul
             ("wan".to_string(), addr.clone()),
             ("wan_ipv4".to_string(), addr),
         ]),
-        meta: BTreeMap::from([("consul-network-segment".to_string(), String::new())]),
-        ..Node::default()
-    };
-    let serf = HealthCheck {
-        node: config.node_name.clone(),
-        check_id: api::SERF_CHECK_ID.to_string(),
-        name: api::SERF_CHECK_NAME.to_string(),
-        status: CheckStatus::Passing,
-        output: "Agent alive and reachable".to_string(),
-        ..HealthCheck::default()
+        node_meta: BTreeMap::from([("consul-network-segment".to_string(), String::new())]),
+        service: consul,
+        check: Some(serf),
+        ..RegisterRequest::default()
     };
     server
-        .propose(CommandOp::RegisterNode {
-            node,
-            checks: vec![serf],
-        })
+        .propose(CommandOp::Client(WriteOp::CatalogRegister(Box::new(req))))
         .await
         .and_then(|applied| applied)
         .map(|_| ())

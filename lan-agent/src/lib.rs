@@ -6,6 +6,7 @@
 //! - [`server`]: the server endpoint (blocking reads, writes into the log, session TTLs).
 //! - [`http`]: Consul's HTTP API on top of the server endpoint.
 //! - [`cli`]: the subcommands, each a client of an agent's HTTP API (except `agent`).
+//! - [`filter`]: Consul's `?filter=` expressions.
 //! - [`telemetry`], [`clock`], [`config`], [`version`]: support.
 //!
 //! `main.rs` only parses arguments and hands over to [`cli::run`].
@@ -15,6 +16,7 @@ pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod filter;
 pub mod http;
 pub mod server;
 pub mod telemetry;

@@ -10,7 +10,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{KvTxnOp, Session, TxnOp, TxnResponse};
+use std::collections::BTreeMap;
+
+use crate::api::{
+    CheckStatus, DeregisterRequest, HealthCheck, KvTxnOp, Node, NodeServiceList, NodeServices,
+    RegisterRequest, ServiceEntry, ServiceNode, Session, TxnOp, TxnResponse,
+};
 
 /// Consul's read consistency modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -84,10 +89,66 @@ pub enum Query {
     },
     /// A transaction made only of read verbs.
     TxnRead(Vec<TxnOp>),
+    /// Datacenters this server knows, nearest first (`/v1/catalog/datacenters`).
+    Datacenters,
+    /// `/v1/catalog/nodes`.
+    CatalogNodes {
+        select: Select,
+    },
+    /// `/v1/catalog/services`: service name → the union of its instances' tags.
+    CatalogServices {
+        select: Select,
+    },
+    /// `/v1/catalog/service/:name`.
+    CatalogService {
+        service: String,
+        select: Select,
+    },
+    /// `/v1/catalog/node/:node`; `None` when the node is unknown.
+    CatalogNode {
+        node: String,
+        select: Select,
+    },
+    /// `/v1/catalog/node-services/:node`.
+    CatalogNodeServices {
+        node: String,
+        select: Select,
+    },
+    /// `/v1/health/node/:node`.
+    HealthNode {
+        node: String,
+        select: Select,
+    },
+    /// `/v1/health/checks/:service`.
+    HealthChecks {
+        service: String,
+        select: Select,
+    },
+    /// `/v1/health/service/:service`; `passing` keeps instances whose every check passes.
+    HealthService {
+        service: String,
+        passing: bool,
+        select: Select,
+    },
+    /// `/v1/health/state/:state`; `None` is `any`.
+    HealthState {
+        state: Option<CheckStatus>,
+        select: Select,
+    },
     /// The leader's RPC address (`/v1/status/leader`).
     Leader,
     /// The voters' RPC addresses (`/v1/status/peers`).
     Peers,
+}
+
+/// The narrowing every list read accepts: `?tag` (all required, case-insensitive),
+/// `?node-meta=k:v` (all required) and `?filter` (a go-bexpr expression over the result
+/// element's JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Select {
+    pub tags: Vec<String>,
+    pub node_meta: Vec<(String, String)>,
+    pub filter: String,
 }
 
 /// The data a [`Query`] returns.
@@ -99,6 +160,14 @@ pub enum QueryResult {
     Txn(TxnResponse),
     Leader(String),
     Peers(Vec<String>),
+    Datacenters(Vec<String>),
+    Nodes(Vec<Node>),
+    ServiceTags(BTreeMap<String, Vec<String>>),
+    ServiceNodes(Vec<ServiceNode>),
+    NodeServices(Option<NodeServices>),
+    NodeServiceList(Option<NodeServiceList>),
+    Checks(Vec<HealthCheck>),
+    ServiceEntries(Vec<ServiceEntry>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +198,8 @@ pub enum WriteOp {
         id: String,
     },
     Txn(Vec<TxnOp>),
+    CatalogRegister(Box<RegisterRequest>),
+    CatalogDeregister(DeregisterRequest),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,15 +12,17 @@
 //! are woken only when what they read moved ([`watch`]).
 
 mod kv;
+mod query;
+mod registry;
 mod session;
 mod state;
 mod txn;
 pub mod watch;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use cairn_shared::api::{CheckStatus, HealthCheck, KvPair, Node, Session};
-use cairn_shared::rpc::{Query, QueryResult, RpcError, WriteOp, WriteResult};
+use cairn_shared::api::{HealthCheck, KvPair, Node, NodeService, Session};
+use cairn_shared::rpc::{RpcError, WriteOp, WriteResult};
 use serde::{Deserialize, Serialize};
 
 pub use state::StateStore;
@@ -39,11 +41,6 @@ pub struct Command {
 pub enum CommandOp {
     /// A write a client asked for, with generated IDs already filled in.
     Client(WriteOp),
-    /// Register (or refresh) a node and its node-level checks.
-    RegisterNode {
-        node: Node,
-        checks: Vec<HealthCheck>,
-    },
     /// Forget KV tombstones at or below this index (their TTL has passed on the leader).
     ReapTombstones { index: u64 },
 }
@@ -52,11 +49,24 @@ pub enum CommandOp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Table {
     Nodes,
+    Services,
     Checks,
     Kvs,
     Tombstones,
     Sessions,
 }
+
+/// Where an atomic unit started, to roll back to.
+#[derive(Debug, Clone, Copy)]
+struct Savepoint {
+    /// Whether an enclosing unit was already recording.
+    outer: bool,
+    journal_len: usize,
+    changes_len: usize,
+}
+
+/// (node, service ID) or (node, check ID).
+type NodeKey = (String, String);
 
 /// The inverse of one primitive mutation, kept while a transaction runs.
 #[derive(Debug, Clone)]
@@ -65,7 +75,12 @@ enum Undo {
     Tombstone(String, Option<u64>),
     LockDelay(String, Option<u64>),
     Session(String, Option<Session>),
-    TableIndex(Table, u64),
+    Node(String, Option<Node>),
+    Service(NodeKey, Option<NodeService>),
+    Check(NodeKey, Option<HealthCheck>),
+    TableIndex(Table, Option<u64>),
+    NodeIndex(String, Option<u64>),
+    ServiceIndex(String, Option<u64>),
 }
 
 /// All replicated state. Cloneable and serialisable so it can be snapshotted whole.
@@ -74,9 +89,17 @@ pub struct Store {
     /// The log index of the last applied command.
     last_index: u64,
     table_index: BTreeMap<Table, u64>,
+    /// Last change to anything about a node (itself, its services, its checks).
+    node_index: BTreeMap<String, u64>,
+    /// Last change to anything a health query of a service name reads (its instances,
+    /// their checks, their nodes). Kept after the last instance goes, so the index of a
+    /// service never moves backwards.
+    service_index: BTreeMap<String, u64>,
     nodes: BTreeMap<String, Node>,
-    /// Keyed by (node, check ID).
-    checks: BTreeMap<(String, String), HealthCheck>,
+    services: BTreeMap<NodeKey, NodeService>,
+    /// Service name → instances, so a lookup by name does not scan every service.
+    by_service_name: BTreeMap<String, BTreeSet<NodeKey>>,
+    checks: BTreeMap<NodeKey, HealthCheck>,
     kv: BTreeMap<String, KvPair>,
     /// Deleted keys and the index they were deleted at, so a prefix's index never goes
     /// backwards when its newest key is removed.
@@ -112,10 +135,6 @@ impl Store {
         self.last_index = self.last_index.max(index);
         match &cmd.op {
             CommandOp::Client(op) => self.apply_client(index, cmd.now_ms, op),
-            CommandOp::RegisterNode { node, checks } => {
-                self.register_node(index, cmd.now_ms, node, checks);
-                Ok(WriteResult::Bool(true))
-            }
             CommandOp::ReapTombstones { index: upto } => {
                 self.reap_tombstones(index, *upto);
                 Ok(WriteResult::Bool(true))
@@ -138,70 +157,14 @@ impl Store {
                 "invariant: session renew is served by the leader, not the log",
             )),
             WriteOp::Txn(ops) => Ok(WriteResult::Txn(self.txn_apply(idx, now, ops))),
-        }
-    }
-
-    /// Answers a read and says which index it is at. The index is never 0.
-    pub fn query(&self, q: &Query) -> Result<(u64, QueryResult), RpcError> {
-        let (index, result) = match q {
-            Query::KvGet { key } => {
-                let hit = self.kv.get(key).cloned();
-                let index = hit
-                    .as_ref()
-                    .map_or(self.kv_table_index(), |e| e.modify_index);
-                (index, QueryResult::Kv(hit.into_iter().collect()))
+            WriteOp::CatalogRegister(req) => {
+                self.atomically(|s| s.register(idx, now, req))?;
+                Ok(WriteResult::Bool(true))
             }
-            Query::KvList { prefix } => (
-                self.kv_prefix_index(prefix),
-                QueryResult::Kv(self.kv_range(prefix).cloned().collect()),
-            ),
-            Query::KvKeys { prefix, separator } => (
-                self.kv_prefix_index(prefix),
-                QueryResult::Keys(self.kv_keys(prefix, separator)),
-            ),
-            Query::SessionInfo { id } => (
-                self.table(Table::Sessions),
-                QueryResult::Sessions(self.sessions.get(id).cloned().into_iter().collect()),
-            ),
-            Query::SessionList => (
-                self.table(Table::Sessions),
-                QueryResult::Sessions(self.sessions.values().cloned().collect()),
-            ),
-            Query::SessionNode { node } => (
-                self.table(Table::Sessions),
-                QueryResult::Sessions(
-                    self.sessions
-                        .values()
-                        .filter(|s| &s.node == node)
-                        .cloned()
-                        .collect(),
-                ),
-            ),
-            Query::TxnRead(ops) => {
-                let resp = self.txn_read(ops);
-                (self.kv_table_index(), QueryResult::Txn(resp))
+            WriteOp::CatalogDeregister(req) => {
+                self.atomically(|s| s.deregister(idx, now, req))?;
+                Ok(WriteResult::Bool(true))
             }
-            Query::Leader | Query::Peers => {
-                return Err(RpcError::internal(
-                    "invariant: status queries are answered by consensus",
-                ));
-            }
-        };
-        Ok((index.max(1), result))
-    }
-
-    /// What a blocking query must watch to see its answer change; empty for queries that
-    /// do not block.
-    pub fn watch_keys(q: &Query) -> Vec<WatchKey> {
-        match q {
-            Query::KvGet { key } => vec![WatchKey::KvKey(key.clone())],
-            Query::KvList { prefix } | Query::KvKeys { prefix, .. } => {
-                vec![WatchKey::KvPrefix(prefix.clone())]
-            }
-            Query::SessionInfo { .. } | Query::SessionList | Query::SessionNode { .. } => {
-                vec![WatchKey::Table(Table::Sessions)]
-            }
-            Query::TxnRead(_) | Query::Leader | Query::Peers => Vec::new(),
         }
     }
 
@@ -239,9 +202,8 @@ impl Store {
     }
 
     fn bump(&mut self, t: Table, idx: u64) {
-        let old = self.table(t);
+        let old = self.table_index.insert(t, idx);
         self.record(|| Undo::TableIndex(t, old));
-        self.table_index.insert(t, idx);
         self.changes.push(Change::Table(t));
     }
 
@@ -278,99 +240,87 @@ impl Store {
         Some(old)
     }
 
-    /// Starts recording inverses; everything until [`Self::commit`] or
-    /// [`Self::rollback`] is one atomic unit.
-    fn begin(&mut self) {
-        self.journal = Some(Vec::new());
-    }
-
-    fn commit(&mut self) {
-        self.journal = None;
-    }
-
-    fn rollback(&mut self, changes_before: usize) {
-        let journal = self.journal.take().unwrap_or_default();
-        for undo in journal.into_iter().rev() {
-            match undo {
-                Undo::Kv(k, Some(v)) => {
-                    self.kv.insert(k, v);
-                }
-                Undo::Kv(k, None) => {
-                    self.kv.remove(&k);
-                }
-                Undo::Tombstone(k, Some(i)) => {
-                    self.tombstones.insert(k, i);
-                }
-                Undo::Tombstone(k, None) => {
-                    self.tombstones.remove(&k);
-                }
-                Undo::LockDelay(k, Some(t)) => {
-                    self.lock_delays.insert(k, t);
-                }
-                Undo::LockDelay(k, None) => {
-                    self.lock_delays.remove(&k);
-                }
-                Undo::Session(id, Some(s)) => {
-                    self.sessions.insert(id, s);
-                }
-                Undo::Session(id, None) => {
-                    self.sessions.remove(&id);
-                }
-                Undo::TableIndex(t, i) => {
-                    self.table_index.insert(t, i);
-                }
-            }
+    /// Starts an atomic unit: from here every primitive records its inverse, until the
+    /// savepoint is released or rolled back. Savepoints nest.
+    fn savepoint(&mut self) -> Savepoint {
+        let outer = self.journal.is_some();
+        let journal = self.journal.get_or_insert_with(Vec::new);
+        Savepoint {
+            outer,
+            journal_len: journal.len(),
+            changes_len: self.changes.len(),
         }
-        self.changes.truncate(changes_before);
     }
 
-    fn register_node(&mut self, idx: u64, now: u64, node: &Node, checks: &[HealthCheck]) {
-        let mut n = node.clone();
-        match self.nodes.get(&n.node) {
-            Some(old) => {
-                n.create_index = old.create_index;
-                n.modify_index = old.modify_index;
-                if *old != n {
-                    n.modify_index = idx;
-                    self.nodes.insert(n.node.clone(), n);
-                    self.bump(Table::Nodes, idx);
-                }
-            }
-            None => {
-                n.create_index = idx;
-                n.modify_index = idx;
-                self.nodes.insert(n.node.clone(), n);
-                self.bump(Table::Nodes, idx);
-            }
+    /// Keeps what was done since the savepoint.
+    fn release(&mut self, sp: Savepoint) {
+        if !sp.outer {
+            self.journal = None;
         }
-        for c in checks {
-            let key = (c.node.clone(), c.check_id.clone());
-            let mut c = c.clone();
-            match self.checks.get(&key) {
-                Some(old) => {
-                    c.create_index = old.create_index;
-                    c.modify_index = old.modify_index;
-                    if *old == c {
-                        continue;
+    }
+
+    /// Undoes everything since the savepoint, including its pending change notices.
+    fn rollback_to(&mut self, sp: Savepoint) {
+        let undo: Vec<Undo> = match self.journal.as_mut() {
+            Some(j) => j.drain(sp.journal_len..).collect(),
+            None => Vec::new(),
+        };
+        for u in undo.into_iter().rev() {
+            match u {
+                Undo::Kv(k, v) => restore(&mut self.kv, k, v),
+                Undo::Tombstone(k, v) => restore(&mut self.tombstones, k, v),
+                Undo::LockDelay(k, v) => restore(&mut self.lock_delays, k, v),
+                Undo::Session(k, v) => restore(&mut self.sessions, k, v),
+                Undo::Node(k, v) => restore(&mut self.nodes, k, v),
+                Undo::Service(k, v) => {
+                    if let Some(name) = self.services.get(&k).map(|s| s.service.clone()) {
+                        self.unindex_service(&name, &k);
                     }
+                    if let Some(new) = &v {
+                        self.by_service_name
+                            .entry(new.service.clone())
+                            .or_default()
+                            .insert(k.clone());
+                    }
+                    restore(&mut self.services, k, v)
                 }
-                None => c.create_index = idx,
-            }
-            c.modify_index = idx;
-            let critical = c.status == CheckStatus::Critical;
-            let check_id = c.check_id.clone();
-            self.checks.insert(key, c);
-            self.bump(Table::Checks, idx);
-            if critical {
-                for id in self.sessions_bound_to(&node.node, &check_id) {
-                    self.session_destroy(idx, now, &id);
-                }
+                Undo::Check(k, v) => restore(&mut self.checks, k, v),
+                Undo::TableIndex(t, i) => restore(&mut self.table_index, t, i),
+                Undo::NodeIndex(k, v) => restore(&mut self.node_index, k, v),
+                Undo::ServiceIndex(k, v) => restore(&mut self.service_index, k, v),
             }
         }
+        self.changes.truncate(sp.changes_len);
+        self.release(sp);
+    }
+
+    /// Runs `f` as one atomic unit: if it fails, everything it did is undone.
+    fn atomically<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, RpcError>,
+    ) -> Result<T, RpcError> {
+        let sp = self.savepoint();
+        let result = f(self);
+        match result {
+            Ok(_) => self.release(sp),
+            Err(_) => self.rollback_to(sp),
+        }
+        result
     }
 
     pub fn check(&self, node: &str, id: &str) -> Option<&HealthCheck> {
         self.checks.get(&(node.to_string(), id.to_string()))
+    }
+}
+
+fn restore<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, old: Option<V>) {
+    match old {
+        Some(v) => {
+            map.insert(key, v);
+        }
+        None => {
+            map.remove(&key);
+        }
     }
 }
 

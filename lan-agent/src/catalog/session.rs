@@ -95,4 +95,13 @@ impl Store {
             .map(|s| s.id.clone())
             .collect()
     }
+
+    /// Sessions that live on a node.
+    pub(super) fn sessions_on(&self, node: &str) -> Vec<String> {
+        self.sessions
+            .values()
+            .filter(|s| s.node == node)
+            .map(|s| s.id.clone())
+            .collect()
+    }
 }

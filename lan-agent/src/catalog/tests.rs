@@ -1,5 +1,6 @@
 use cairn_shared::api::{
-    CheckStatus, HealthCheck, KvTxnOp, KvVerb, Node, SERF_CHECK_ID, Session, SessionBehavior, TxnOp,
+    CheckStatus, HealthCheck, KvTxnOp, KvVerb, NodeService, RegisterRequest, SERF_CHECK_ID,
+    Session, SessionBehavior, TxnOp,
 };
 use cairn_shared::rpc::{Query, QueryResult, WriteOp, WriteResult};
 
@@ -24,22 +25,19 @@ impl Harness {
     }
 
     fn node_check(&mut self, status: CheckStatus) {
-        let node = Node {
-            node: "n1".into(),
-            address: "127.0.0.1".into(),
-            ..Node::default()
-        };
         let check = HealthCheck {
-            node: "n1".into(),
             check_id: SERF_CHECK_ID.into(),
             status,
             ..HealthCheck::default()
         };
-        self.apply(CommandOp::RegisterNode {
-            node,
-            checks: vec![check],
-        })
-        .unwrap();
+        let req = RegisterRequest {
+            node: "n1".into(),
+            address: "127.0.0.1".into(),
+            check: Some(check),
+            ..RegisterRequest::default()
+        };
+        self.apply(CommandOp::Client(WriteOp::CatalogRegister(Box::new(req))))
+            .unwrap();
     }
 
     fn apply(&mut self, op: CommandOp) -> Result<WriteResult, RpcError> {
@@ -386,5 +384,173 @@ fn apply_is_deterministic() {
     assert_eq!(
         rmp_serde::to_vec(&a.store).unwrap(),
         rmp_serde::to_vec(&b.store).unwrap()
+    );
+}
+
+fn register(h: &mut Harness, req: RegisterRequest) -> Result<WriteResult, RpcError> {
+    h.apply(CommandOp::Client(WriteOp::CatalogRegister(Box::new(req))))
+}
+
+fn web(node: &str, id: &str, tags: &[&str]) -> RegisterRequest {
+    RegisterRequest {
+        node: node.into(),
+        address: format!("10.0.0.{}", node.len()),
+        service: Some(NodeService {
+            id: id.into(),
+            service: "web".into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            port: 80,
+            ..Default::default()
+        }),
+        ..RegisterRequest::default()
+    }
+}
+
+#[test]
+fn service_index_moves_only_for_its_own_service() {
+    let mut h = Harness::new();
+    register(&mut h, web("n1", "web1", &["a"])).unwrap();
+    let q = Query::HealthService {
+        service: "web".into(),
+        passing: false,
+        select: Default::default(),
+    };
+    let (web_idx, _) = h.query(q.clone());
+    let mut db = web("n2", "db1", &[]);
+    db.service.as_mut().unwrap().service = "db".into();
+    register(&mut h, db).unwrap();
+    assert_eq!(
+        h.query(q.clone()).0,
+        web_idx,
+        "a db change moved web's index"
+    );
+    // A node-level check on web's node does move it.
+    h.node_check(CheckStatus::Warning);
+    assert!(h.query(q).0 > web_idx);
+}
+
+#[test]
+fn a_failed_registration_changes_nothing() {
+    let mut h = Harness::new();
+    let mut req = web("n9", "web9", &[]);
+    req.checks = vec![HealthCheck {
+        check_id: "c".into(),
+        service_id: "no-such-service".into(),
+        ..HealthCheck::default()
+    }];
+    h.store.take_changes();
+    let before = h.store.clone();
+    assert!(register(&mut h, req).is_err());
+    assert_eq!(h.store.nodes, before.nodes);
+    assert_eq!(h.store.services, before.services);
+    assert_eq!(h.store.by_service_name, before.by_service_name);
+    assert_eq!(h.store.table_index, before.table_index);
+    assert!(h.store.take_changes().is_empty());
+}
+
+#[test]
+fn tags_match_case_insensitively_and_all_are_required() {
+    let mut h = Harness::new();
+    register(&mut h, web("n1", "web1", &["Rails", "v1"])).unwrap();
+    register(&mut h, web("n2", "web2", &["rails"])).unwrap();
+    let ids = |tags: &[&str]| {
+        let (_, res) = h.query(Query::CatalogService {
+            service: "web".into(),
+            select: cairn_shared::rpc::Select {
+                tags: tags.iter().map(|t| t.to_string()).collect(),
+                ..Default::default()
+            },
+        });
+        let QueryResult::ServiceNodes(list) = res else {
+            panic!()
+        };
+        list.into_iter().map(|s| s.service_id).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&["rails"]), ["web1", "web2"]);
+    assert_eq!(ids(&["RAILS", "v1"]), ["web1"]);
+    assert!(ids(&["nope"]).is_empty());
+}
+
+#[test]
+fn passing_keeps_only_instances_whose_every_check_passes() {
+    let mut h = Harness::new();
+    let mut a = web("n1", "web1", &[]);
+    a.checks = vec![HealthCheck {
+        check_id: "svc".into(),
+        service_id: "web1".into(),
+        status: CheckStatus::Passing,
+        ..HealthCheck::default()
+    }];
+    register(&mut h, a).unwrap();
+    let mut b = web("n2", "web2", &[]);
+    b.checks = vec![HealthCheck {
+        check_id: "svc".into(),
+        service_id: "web2".into(),
+        status: CheckStatus::Warning,
+        ..HealthCheck::default()
+    }];
+    register(&mut h, b).unwrap();
+    let ids = |passing: bool| {
+        let (_, res) = h.query(Query::HealthService {
+            service: "web".into(),
+            passing,
+            select: Default::default(),
+        });
+        let QueryResult::ServiceEntries(list) = res else {
+            panic!()
+        };
+        list.into_iter().map(|e| e.service.id).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(false), ["web1", "web2"]);
+    assert_eq!(ids(true), ["web1"]);
+}
+
+#[test]
+fn deregistering_a_node_removes_everything_and_invalidates_sessions() {
+    let mut h = Harness::new();
+    register(&mut h, web("n1", "web1", &[])).unwrap();
+    h.session("s1", SessionBehavior::Release, 0);
+    assert!(h.kv(KvVerb::Lock, "l", "v", 0, "s1"));
+    h.apply(CommandOp::Client(WriteOp::CatalogDeregister(
+        cairn_shared::api::DeregisterRequest {
+            node: "n1".into(),
+            ..Default::default()
+        },
+    )))
+    .unwrap();
+    assert!(h.store.node("n1").is_none());
+    assert!(h.store.services.is_empty());
+    assert!(h.store.checks.is_empty());
+    assert!(h.store.session("s1").is_none());
+    assert_eq!(h.get("l").unwrap().session, "");
+}
+
+#[test]
+fn filter_applies_to_the_listed_element() {
+    let mut h = Harness::new();
+    register(&mut h, web("n1", "web1", &["a"])).unwrap();
+    register(&mut h, web("n22", "web2", &["b"])).unwrap();
+    let (_, res) = h.query(Query::CatalogService {
+        service: "web".into(),
+        select: cairn_shared::rpc::Select {
+            filter: r#""b" in ServiceTags and Node matches "^n2""#.into(),
+            ..Default::default()
+        },
+    });
+    let QueryResult::ServiceNodes(list) = res else {
+        panic!()
+    };
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].service_id, "web2");
+    let bad = h.store.query(&Query::CatalogNodes {
+        select: cairn_shared::rpc::Select {
+            filter: "Node ==".into(),
+            ..Default::default()
+        },
+    });
+    assert!(
+        bad.unwrap_err()
+            .message
+            .starts_with("Failed to create boolean expression evaluator: ")
     );
 }

@@ -8,8 +8,7 @@ use super::Store;
 
 impl Store {
     pub(super) fn txn_apply(&mut self, idx: u64, now: u64, ops: &[TxnOp]) -> TxnResponse {
-        let changes_before = self.changes.len();
-        self.begin();
+        let sp = self.savepoint();
         let mut results = Vec::new();
         let mut errors = Vec::new();
         for (i, op) in ops.iter().enumerate() {
@@ -20,13 +19,13 @@ impl Store {
             }
         }
         if errors.is_empty() {
-            self.commit();
+            self.release(sp);
             TxnResponse {
                 results: Some(results),
                 errors: None,
             }
         } else {
-            self.rollback(changes_before);
+            self.rollback_to(sp);
             TxnResponse {
                 results: None,
                 errors: Some(errors),

@@ -22,6 +22,10 @@ pub enum WatchKey {
     KvKey(String),
     /// Every KV key under a prefix.
     KvPrefix(String),
+    /// Anything about one node (itself, its services, its checks).
+    Node(String),
+    /// Anything a health read of one service name shows.
+    Service(String),
     Table(Table),
 }
 
@@ -30,6 +34,8 @@ pub enum WatchKey {
 pub enum Change {
     /// One KV key was written or deleted.
     Kv(String),
+    Node(String),
+    Service(String),
     Table(Table),
 }
 
@@ -40,6 +46,8 @@ struct Registry {
     next_id: u64,
     kv_keys: BTreeMap<String, Waiters>,
     kv_prefixes: BTreeMap<String, Waiters>,
+    nodes: BTreeMap<String, Waiters>,
+    services: BTreeMap<String, Waiters>,
     tables: BTreeMap<Table, Waiters>,
     /// How many watches have been woken; tests use it to prove unrelated writes wake none.
     wakeups: u64,
@@ -79,6 +87,8 @@ impl Drop for Watch {
             match key {
                 WatchKey::KvKey(k) => remove(&mut reg.kv_keys, k, self.id),
                 WatchKey::KvPrefix(k) => remove(&mut reg.kv_prefixes, k, self.id),
+                WatchKey::Node(k) => remove(&mut reg.nodes, k, self.id),
+                WatchKey::Service(k) => remove(&mut reg.services, k, self.id),
                 WatchKey::Table(t) => remove(&mut reg.tables, t, self.id),
             }
         }
@@ -112,6 +122,8 @@ impl WatchHub {
             let waiters = match key {
                 WatchKey::KvKey(k) => reg.kv_keys.entry(k.clone()).or_default(),
                 WatchKey::KvPrefix(k) => reg.kv_prefixes.entry(k.clone()).or_default(),
+                WatchKey::Node(k) => reg.nodes.entry(k.clone()).or_default(),
+                WatchKey::Service(k) => reg.services.entry(k.clone()).or_default(),
                 WatchKey::Table(t) => reg.tables.entry(*t).or_default(),
             };
             waiters.insert(id, notify.clone());
@@ -149,6 +161,16 @@ impl WatchHub {
                         }
                     }
                 }
+                Change::Node(k) => {
+                    if let Some(w) = reg.nodes.get(k) {
+                        woken.extend(w.iter().map(|(i, n)| (*i, n.clone())));
+                    }
+                }
+                Change::Service(k) => {
+                    if let Some(w) = reg.services.get(k) {
+                        woken.extend(w.iter().map(|(i, n)| (*i, n.clone())));
+                    }
+                }
                 Change::Table(t) => {
                     if let Some(w) = reg.tables.get(t) {
                         woken.extend(w.iter().map(|(i, n)| (*i, n.clone())));
@@ -177,6 +199,8 @@ impl WatchHub {
             .kv_keys
             .values()
             .chain(reg.kv_prefixes.values())
+            .chain(reg.nodes.values())
+            .chain(reg.services.values())
             .chain(reg.tables.values())
             .flat_map(|w| w.keys());
         let mut ids: Vec<u64> = all.copied().collect();

@@ -10,8 +10,10 @@
 //! [`WriteRequest`]: cairn_shared::rpc::WriteRequest
 
 mod agent;
+mod catalog;
 pub mod decode;
 pub mod error;
+mod health;
 mod kv;
 pub mod params;
 mod session;
@@ -25,11 +27,11 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
-use cairn_shared::rpc::QueryMeta;
+use cairn_shared::rpc::{Query, QueryMeta, QueryResult, ReadRequest, ReadResponse};
 use serde::Serialize;
 
 use crate::config::Limits;
@@ -85,6 +87,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/kv/", methods(kv::routes(), "GET,PUT,DELETE"))
         .route("/v1/kv/{*key}", methods(kv::routes(), "GET,PUT,DELETE"))
         .route("/v1/txn", methods(txn::routes(), "PUT"))
+        .merge(catalog::router())
+        .merge(health::router())
         .merge(session::router())
         .merge(status::router())
         .merge(agent::router())
@@ -257,6 +261,35 @@ pub(crate) fn query_not_found(meta: &QueryMeta) -> Response {
     let mut resp = StatusCode::NOT_FOUND.into_response();
     set_meta(resp.headers_mut(), meta);
     resp
+}
+
+/// The decoded path after `prefix` (`/v1/session/info/` → the session ID); `missing` is
+/// the 400 message when it is empty.
+pub(crate) fn path_tail(uri: &Uri, prefix: &str, missing: &str) -> Result<String, ApiError> {
+    let raw = uri.path().strip_prefix(prefix).unwrap_or_default();
+    let tail = String::from_utf8_lossy(&percent_decode(raw)).into_owned();
+    if tail.is_empty() {
+        return Err(ApiError::bad_request(missing));
+    }
+    Ok(tail)
+}
+
+/// Runs a read for a request: parses the common query options, asks the agent's RPC.
+pub(crate) async fn read(
+    st: &HttpState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    query: Query,
+) -> Result<(Params, ReadResponse), ApiError> {
+    let params = Params::parse(uri.query());
+    let options = params.query_options(headers)?;
+    let resp = st.rpc.read(ReadRequest { query, options }).await?;
+    Ok((params, resp))
+}
+
+/// An answer of the wrong kind from the server: a bug, reported as a 500.
+pub(crate) fn unexpected(what: &str, result: &QueryResult) -> ApiError {
+    ApiError::internal(format!("unexpected answer to {what}: {result:?}"))
 }
 
 /// Reads a request body up to `limit` bytes; beyond it, `too_large` builds the 413 from the

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, Uri};
 use axum::routing::{get, put};
 use cairn_shared::api::{ServiceCheck, Session, SessionBehavior};
 use cairn_shared::duration;
-use cairn_shared::rpc::{Query, QueryResult, ReadRequest, WriteOp, WriteRequest, WriteResult};
+use cairn_shared::rpc::{Query, QueryResult, WriteOp, WriteRequest, WriteResult};
 use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
@@ -163,15 +163,8 @@ async fn create(State(st): State<HttpState>, req: Request) -> ApiResult {
     }
 }
 
-/// The path after `/v1/session/<verb>/`, decoded.
 fn tail(uri: &Uri, verb: &str, missing: &str) -> Result<String, ApiError> {
-    let prefix = format!("/v1/session/{verb}/");
-    let raw = uri.path().strip_prefix(&prefix).unwrap_or_default();
-    let id = String::from_utf8_lossy(&super::percent_decode(raw)).into_owned();
-    if id.is_empty() {
-        return Err(ApiError::bad_request(missing));
-    }
-    Ok(id)
+    super::path_tail(uri, &format!("/v1/session/{verb}/"), missing)
 }
 
 async fn destroy(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
@@ -209,14 +202,10 @@ async fn renew(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> Api
 }
 
 async fn read_sessions(st: &HttpState, uri: &Uri, headers: &HeaderMap, query: Query) -> ApiResult {
-    let params = Params::parse(uri.query());
-    let options = params.query_options(headers)?;
-    let resp = st.rpc.read(ReadRequest { query, options }).await?;
+    let (params, resp) = super::read(st, uri, headers, query).await?;
     match resp.result {
         QueryResult::Sessions(s) => Ok(query_json(st, &params, &resp.meta, &s)),
-        other => Err(ApiError::internal(format!(
-            "unexpected answer to a session read: {other:?}"
-        ))),
+        other => Err(super::unexpected("a session read", &other)),
     }
 }
 

@@ -251,6 +251,12 @@ impl Rpc for Server {
                     result: QueryResult::Peers(status.peers),
                 });
             }
+            Query::Datacenters => {
+                return Ok(ReadResponse {
+                    meta: self.meta(self.inner.state.last_index(), &req),
+                    result: QueryResult::Datacenters(vec![self.inner.config.datacenter.clone()]),
+                });
+            }
             _ => {}
         }
         if req.options.consistency == cairn_shared::rpc::Consistency::Consistent {

@@ -1,13 +1,15 @@
-//! Consul's JSON shapes for KV entries, sessions and transactions.
+//! Consul's JSON shapes: KV entries, sessions and transactions here, the catalog (nodes,
+//! services, checks) in [`catalog`].
 //!
 //! Field names and order follow Consul's Go structs exactly (PascalCase, `Session` omitted
 //! when empty, `LockDelay` as integer nanoseconds) because clients parse them by name. The
 //! same structs travel between agents in MessagePack, where byte values stay raw instead of
 //! base64 (see [`bytes_b64`]).
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
+
+mod catalog;
+pub use catalog::*;
 
 /// One KV entry, Consul's `DirEntry`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -210,71 +212,6 @@ pub struct TxnResponse {
     pub results: Option<Vec<TxnResult>>,
     pub errors: Option<Vec<TxnError>>,
 }
-
-/// A node in the catalog (`/v1/catalog/nodes`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-pub struct Node {
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub node: String,
-    pub address: String,
-    pub datacenter: String,
-    pub tagged_addresses: BTreeMap<String, String>,
-    pub meta: BTreeMap<String, String>,
-    pub create_index: u64,
-    pub modify_index: u64,
-}
-
-/// Check states, in Consul's spelling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum CheckStatus {
-    Passing,
-    Warning,
-    #[default]
-    Critical,
-}
-
-impl CheckStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Passing => "passing",
-            Self::Warning => "warning",
-            Self::Critical => "critical",
-        }
-    }
-}
-
-/// A health check in the catalog, Consul's `HealthCheck`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-pub struct HealthCheck {
-    pub node: String,
-    #[serde(rename = "CheckID")]
-    pub check_id: String,
-    pub name: String,
-    pub status: CheckStatus,
-    pub notes: String,
-    pub output: String,
-    #[serde(rename = "ServiceID")]
-    pub service_id: String,
-    pub service_name: String,
-    pub service_tags: Vec<String>,
-    #[serde(rename = "Type")]
-    pub check_type: String,
-    pub interval: String,
-    pub timeout: String,
-    pub exposed_port: u16,
-    pub definition: serde_json::Map<String, serde_json::Value>,
-    pub create_index: u64,
-    pub modify_index: u64,
-}
-
-/// The built-in node check every agent has.
-pub const SERF_CHECK_ID: &str = "serfHealth";
-/// Its display name.
-pub const SERF_CHECK_NAME: &str = "Serf Health Status";
 
 /// `Option<Vec<u8>>` as base64 text in JSON and as raw bytes in binary formats.
 pub mod bytes_b64 {

@@ -1,0 +1,301 @@
+//! Reads of the store: each [`Query`] answers with its data and the index a blocking query
+//! compares against, and names what it watches ([`Store::watch_keys`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cairn_shared::api::{
+    CheckStatus, HealthCheck, Node, NodeService, NodeServiceList, NodeServices, ServiceEntry,
+    ServiceNode,
+};
+use cairn_shared::rpc::{Query, QueryResult, RpcError, Select};
+use serde::Serialize;
+
+use super::watch::WatchKey;
+use super::{Store, Table};
+use crate::filter::{self, Filter};
+
+/// A [`Select`] made ready to apply: tags lower-cased, the filter parsed.
+pub(crate) struct Selector {
+    tags: Vec<String>,
+    node_meta: Vec<(String, String)>,
+    filter: Option<Filter>,
+}
+
+impl Selector {
+    pub(crate) fn new(select: &Select) -> Result<Self, RpcError> {
+        let filter = if select.filter.trim().is_empty() {
+            None
+        } else {
+            // Consul answers a bad filter with a 500 carrying go-bexpr's message.
+            Some(
+                filter::parse(&select.filter)
+                    .map_err(|e| RpcError::internal(e.consul_message()))?,
+            )
+        };
+        Ok(Self {
+            tags: select.tags.iter().map(|t| t.to_lowercase()).collect(),
+            node_meta: select.node_meta.clone(),
+            filter,
+        })
+    }
+
+    /// Every `?node-meta` pair must be on the node.
+    fn node(&self, node: &Node) -> bool {
+        self.node_meta
+            .iter()
+            .all(|(k, v)| node.meta.get(k) == Some(v))
+    }
+
+    /// Every `?tag` must be among the service's tags, ignoring case, as Consul.
+    fn tags(&self, tags: &[String]) -> bool {
+        self.tags
+            .iter()
+            .all(|want| tags.iter().any(|t| t.to_lowercase() == *want))
+    }
+
+    /// The `?filter` expression over the element as the API would show it.
+    fn keep<T: Serialize>(&self, item: &T) -> bool {
+        match &self.filter {
+            None => true,
+            Some(f) => serde_json::to_value(item).is_ok_and(|v| f.matches(&v)),
+        }
+    }
+}
+
+impl Store {
+    /// Answers a read and says which index it is at. The index is never 0.
+    pub fn query(&self, q: &Query) -> Result<(u64, QueryResult), RpcError> {
+        let (index, result) = match q {
+            Query::KvGet { key } => {
+                let hit = self.kv.get(key).cloned();
+                let index = hit
+                    .as_ref()
+                    .map_or(self.kv_table_index(), |e| e.modify_index);
+                (index, QueryResult::Kv(hit.into_iter().collect()))
+            }
+            Query::KvList { prefix } => (
+                self.kv_prefix_index(prefix),
+                QueryResult::Kv(self.kv_range(prefix).cloned().collect()),
+            ),
+            Query::KvKeys { prefix, separator } => (
+                self.kv_prefix_index(prefix),
+                QueryResult::Keys(self.kv_keys(prefix, separator)),
+            ),
+            Query::SessionInfo { id } => (
+                self.table(Table::Sessions),
+                QueryResult::Sessions(self.sessions.get(id).cloned().into_iter().collect()),
+            ),
+            Query::SessionList => (
+                self.table(Table::Sessions),
+                QueryResult::Sessions(self.sessions.values().cloned().collect()),
+            ),
+            Query::SessionNode { node } => (
+                self.table(Table::Sessions),
+                QueryResult::Sessions(
+                    self.sessions
+                        .values()
+                        .filter(|s| &s.node == node)
+                        .cloned()
+                        .collect(),
+                ),
+            ),
+            Query::TxnRead(ops) => (self.kv_table_index(), QueryResult::Txn(self.txn_read(ops))),
+            Query::CatalogNodes { select } => {
+                let sel = Selector::new(select)?;
+                let nodes = self
+                    .nodes
+                    .values()
+                    .filter(|n| sel.node(n) && sel.keep(n))
+                    .cloned()
+                    .collect();
+                (self.table(Table::Nodes), QueryResult::Nodes(nodes))
+            }
+            Query::CatalogServices { select } => {
+                let sel = Selector::new(select)?;
+                let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+                for ((node, _), svc) in &self.services {
+                    let Some(n) = self.nodes.get(node) else {
+                        continue;
+                    };
+                    if !sel.node(n) || !sel.keep(&ServiceNode::new(n, svc)) {
+                        continue;
+                    }
+                    out.entry(svc.service.clone())
+                        .or_default()
+                        .extend(svc.tags.iter().cloned());
+                }
+                let out = out
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_iter().collect()))
+                    .collect();
+                (self.table(Table::Services), QueryResult::ServiceTags(out))
+            }
+            Query::CatalogService { service, select } => {
+                let sel = Selector::new(select)?;
+                let list = self
+                    .instances(service)
+                    .filter(|(n, s)| sel.node(n) && sel.tags(&s.tags))
+                    .map(|(n, s)| ServiceNode::new(n, s))
+                    .filter(|sn| sel.keep(sn))
+                    .collect();
+                (
+                    self.service_index_or(service, &[Table::Services]),
+                    QueryResult::ServiceNodes(list),
+                )
+            }
+            Query::CatalogNode { node, select } => {
+                let sel = Selector::new(select)?;
+                let found = self.nodes.get(node).map(|n| NodeServices {
+                    node: n.clone(),
+                    services: self
+                        .services_on(node)
+                        .filter(|s| sel.keep(s))
+                        .map(|s| (s.id.clone(), s.clone()))
+                        .collect(),
+                });
+                (
+                    self.node_index_or(node, &[Table::Nodes, Table::Services]),
+                    QueryResult::NodeServices(found),
+                )
+            }
+            Query::CatalogNodeServices { node, select } => {
+                let sel = Selector::new(select)?;
+                let found = self.nodes.get(node).map(|n| NodeServiceList {
+                    node: n.clone(),
+                    services: self
+                        .services_on(node)
+                        .filter(|s| sel.keep(s))
+                        .cloned()
+                        .collect(),
+                });
+                (
+                    self.node_index_or(node, &[Table::Nodes, Table::Services]),
+                    QueryResult::NodeServiceList(found),
+                )
+            }
+            Query::HealthNode { node, select } => {
+                let sel = Selector::new(select)?;
+                let checks = self
+                    .checks_on(node)
+                    .filter(|c| sel.keep(c))
+                    .cloned()
+                    .collect();
+                (
+                    self.node_index_or(node, &[Table::Checks]),
+                    QueryResult::Checks(checks),
+                )
+            }
+            Query::HealthChecks { service, select } => {
+                let sel = Selector::new(select)?;
+                let mut checks = Vec::new();
+                for (n, s) in self.instances(service) {
+                    if !sel.node(n) {
+                        continue;
+                    }
+                    checks.extend(
+                        self.checks_on(&n.node)
+                            .filter(|c| c.service_id == s.id && sel.keep(c))
+                            .cloned(),
+                    );
+                }
+                (
+                    self.service_index_or(service, &[Table::Checks]),
+                    QueryResult::Checks(checks),
+                )
+            }
+            Query::HealthService {
+                service,
+                passing,
+                select,
+            } => {
+                let sel = Selector::new(select)?;
+                let entries = self
+                    .instances(service)
+                    .filter(|(n, s)| sel.node(n) && sel.tags(&s.tags))
+                    .map(|(n, s)| self.entry(n, s))
+                    .filter(|e| {
+                        !passing || e.checks.iter().all(|c| c.status == CheckStatus::Passing)
+                    })
+                    .filter(|e| sel.keep(e))
+                    .collect();
+                (
+                    self.service_index_or(service, &[Table::Services, Table::Checks]),
+                    QueryResult::ServiceEntries(entries),
+                )
+            }
+            Query::HealthState { state, select } => {
+                let sel = Selector::new(select)?;
+                let checks = self
+                    .checks
+                    .values()
+                    .filter(|c| state.is_none_or(|s| c.status == s))
+                    .filter(|c| self.nodes.get(&c.node).is_some_and(|n| sel.node(n)))
+                    .filter(|c| sel.keep(c))
+                    .cloned()
+                    .collect();
+                (self.table(Table::Checks), QueryResult::Checks(checks))
+            }
+            Query::Leader | Query::Peers | Query::Datacenters => {
+                return Err(RpcError::internal(
+                    "invariant: status queries are answered by the server, not the store",
+                ));
+            }
+        };
+        Ok((index.max(1), result))
+    }
+
+    /// What a blocking query must watch to see its answer change; empty for queries that
+    /// do not block.
+    pub fn watch_keys(q: &Query) -> Vec<WatchKey> {
+        match q {
+            Query::KvGet { key } => vec![WatchKey::KvKey(key.clone())],
+            Query::KvList { prefix } | Query::KvKeys { prefix, .. } => {
+                vec![WatchKey::KvPrefix(prefix.clone())]
+            }
+            Query::SessionInfo { .. } | Query::SessionList | Query::SessionNode { .. } => {
+                vec![WatchKey::Table(Table::Sessions)]
+            }
+            Query::CatalogNodes { .. } => vec![WatchKey::Table(Table::Nodes)],
+            Query::CatalogServices { .. } => vec![WatchKey::Table(Table::Services)],
+            Query::CatalogService { service, .. }
+            | Query::HealthChecks { service, .. }
+            | Query::HealthService { service, .. } => vec![WatchKey::Service(service.clone())],
+            Query::CatalogNode { node, .. }
+            | Query::CatalogNodeServices { node, .. }
+            | Query::HealthNode { node, .. } => vec![WatchKey::Node(node.clone())],
+            Query::HealthState { .. } => vec![WatchKey::Table(Table::Checks)],
+            Query::TxnRead(_) | Query::Leader | Query::Peers | Query::Datacenters => Vec::new(),
+        }
+    }
+
+    /// An instance with its node-level and own checks, in check-ID order as Consul lists.
+    fn entry(&self, node: &Node, svc: &NodeService) -> ServiceEntry {
+        ServiceEntry {
+            node: node.clone(),
+            service: svc.clone(),
+            checks: self
+                .checks_on(&node.node)
+                .filter(|c| c.service_id.is_empty() || c.service_id == svc.id)
+                .cloned()
+                .collect::<Vec<HealthCheck>>(),
+        }
+    }
+
+    fn service_index_or(&self, name: &str, tables: &[Table]) -> u64 {
+        self.service_index
+            .get(name)
+            .copied()
+            .unwrap_or_else(|| self.max_table(tables))
+    }
+
+    fn node_index_or(&self, node: &str, tables: &[Table]) -> u64 {
+        self.node_index
+            .get(node)
+            .copied()
+            .unwrap_or_else(|| self.max_table(tables))
+    }
+
+    fn max_table(&self, tables: &[Table]) -> u64 {
+        tables.iter().map(|t| self.table(*t)).max().unwrap_or(0)
+    }
+}

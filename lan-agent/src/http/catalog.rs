@@ -1,0 +1,159 @@
+//! `/v1/catalog/*`: register and deregister, and the node and service listings with
+//! `?tag`, `?node-meta` and `?filter`, all blocking.
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::routing::{get, put};
+use cairn_shared::api::{DeregisterRequest, RegisterRequest};
+use cairn_shared::rpc::{Query, QueryResult, Select, WriteOp, WriteRequest};
+
+use super::error::{ApiError, ApiResult};
+use super::{HttpState, Params, json, methods, path_tail, query_json, read, read_body, unexpected};
+
+pub(super) fn router() -> Router<HttpState> {
+    let mut r = Router::new()
+        .route("/v1/catalog/register", methods(put(register), "PUT"))
+        .route("/v1/catalog/deregister", methods(put(deregister), "PUT"))
+        .route("/v1/catalog/datacenters", methods(get(datacenters), "GET"))
+        .route("/v1/catalog/nodes", methods(get(nodes), "GET"))
+        .route("/v1/catalog/services", methods(get(services), "GET"));
+    for (path, handler) in [
+        ("service", get(service)),
+        ("node", get(node)),
+        ("node-services", get(node_services)),
+    ] {
+        r = r
+            .route(
+                &format!("/v1/catalog/{path}/"),
+                methods(handler.clone(), "GET"),
+            )
+            .route(
+                &format!("/v1/catalog/{path}/{{*name}}"),
+                methods(handler, "GET"),
+            );
+    }
+    r
+}
+
+/// `?tag` (repeatable), `?node-meta=k:v` (repeatable) and `?filter`.
+pub(super) fn select(params: &Params) -> Select {
+    Select {
+        tags: params.all("tag").map(str::to_string).collect(),
+        node_meta: params
+            .all("node-meta")
+            .map(|kv| match kv.split_once(':') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (kv.to_string(), String::new()),
+            })
+            .collect(),
+        filter: params.get("filter").unwrap_or_default().to_string(),
+    }
+}
+
+async fn decode_write<T: serde::de::DeserializeOwned>(
+    st: &HttpState,
+    req: Request,
+) -> Result<(Params, String, T), ApiError> {
+    let params = Params::parse(req.uri().query());
+    let options = params.query_options(req.headers())?;
+    let declared = super::content_length(req.headers());
+    let body = read_body(req.into_body(), declared, st.limits.txn_max_req_len, |n| {
+        ApiError::too_large(format!("Request body({n} bytes) too large"))
+    })
+    .await?;
+    let value: T = super::decode::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
+    Ok((params, options.token, value))
+}
+
+async fn register(State(st): State<HttpState>, req: Request) -> ApiResult {
+    let (params, token, mut body): (_, _, RegisterRequest) = decode_write(&st, req).await?;
+    if body.datacenter.is_empty() {
+        body.datacenter = st.info.datacenter.clone();
+    }
+    let datacenter = body.datacenter.clone();
+    st.rpc
+        .write(WriteRequest {
+            datacenter,
+            token,
+            op: WriteOp::CatalogRegister(Box::new(body)),
+        })
+        .await?;
+    Ok(json(&st, &params, StatusCode::OK, &true))
+}
+
+async fn deregister(State(st): State<HttpState>, req: Request) -> ApiResult {
+    let (params, token, body): (_, _, DeregisterRequest) = decode_write(&st, req).await?;
+    st.rpc
+        .write(WriteRequest {
+            datacenter: body.datacenter.clone(),
+            token,
+            op: WriteOp::CatalogDeregister(body),
+        })
+        .await?;
+    Ok(json(&st, &params, StatusCode::OK, &true))
+}
+
+async fn datacenters(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    let (params, resp) = read(&st, &uri, &headers, Query::Datacenters).await?;
+    match resp.result {
+        QueryResult::Datacenters(dcs) => Ok(json(&st, &params, StatusCode::OK, &dcs)),
+        other => Err(unexpected("a datacenter listing", &other)),
+    }
+}
+
+async fn nodes(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    let select = select(&Params::parse(uri.query()));
+    let (params, resp) = read(&st, &uri, &headers, Query::CatalogNodes { select }).await?;
+    match resp.result {
+        QueryResult::Nodes(n) => Ok(query_json(&st, &params, &resp.meta, &n)),
+        other => Err(unexpected("a node listing", &other)),
+    }
+}
+
+async fn services(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    let select = select(&Params::parse(uri.query()));
+    let (params, resp) = read(&st, &uri, &headers, Query::CatalogServices { select }).await?;
+    match resp.result {
+        QueryResult::ServiceTags(m) => Ok(query_json(&st, &params, &resp.meta, &m)),
+        other => Err(unexpected("a service listing", &other)),
+    }
+}
+
+async fn service(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    let service = path_tail(&uri, "/v1/catalog/service/", "Missing service name")?;
+    let select = select(&Params::parse(uri.query()));
+    let (params, resp) = read(
+        &st,
+        &uri,
+        &headers,
+        Query::CatalogService { service, select },
+    )
+    .await?;
+    match resp.result {
+        QueryResult::ServiceNodes(n) => Ok(query_json(&st, &params, &resp.meta, &n)),
+        other => Err(unexpected("a service read", &other)),
+    }
+}
+
+async fn node(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    let node = path_tail(&uri, "/v1/catalog/node/", "Missing node name")?;
+    let select = select(&Params::parse(uri.query()));
+    let (params, resp) = read(&st, &uri, &headers, Query::CatalogNode { node, select }).await?;
+    match resp.result {
+        QueryResult::NodeServices(n) => Ok(query_json(&st, &params, &resp.meta, &n)),
+        other => Err(unexpected("a node read", &other)),
+    }
+}
+
+async fn node_services(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    let node = path_tail(&uri, "/v1/catalog/node-services/", "Missing node name")?;
+    let select = select(&Params::parse(uri.query()));
+    let query = Query::CatalogNodeServices { node, select };
+    let (params, resp) = read(&st, &uri, &headers, query).await?;
+    match resp.result {
+        QueryResult::NodeServiceList(n) => Ok(query_json(&st, &params, &resp.meta, &n)),
+        other => Err(unexpected("a node read", &other)),
+    }
+}
