@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cairn_shared::api::{self, CheckStatus, HealthCheck, NodeService, RegisterRequest};
 use cairn_shared::rpc::WriteOp;
@@ -18,7 +18,10 @@ use tokio_util::task::TaskTracker;
 use crate::catalog::{CommandOp, StateStore};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
-use crate::http::{self, AgentInfo, HttpState, Stats, StatsFn};
+use crate::http::{self, AgentInfo, HttpState, ReloadFn, Stats, StatsFn};
+use crate::local::persist::Persist;
+use crate::local::sync::{AntiEntropy, NodeInfo};
+use crate::local::{LocalAgent, LocalConfig, LocalError};
 use crate::server::{DevConsensus, Rpc, Server, ServerConfig};
 use crate::telemetry::{Telemetry, names};
 use crate::version;
@@ -55,6 +58,13 @@ pub enum AgentError {
     NoRaftYet,
     #[error("registering this node failed: {0}")]
     Register(String),
+    #[error("{0}")]
+    Local(#[from] LocalError),
+    #[error("node ID file {path}: {source}")]
+    NodeId {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A running agent.
@@ -65,11 +75,18 @@ pub struct AgentHandle {
     pub node_name: String,
     pub node_id: String,
     pub server: Option<Server>,
+    pub local: Arc<LocalAgent>,
+    reload: ReloadFn,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
 impl AgentHandle {
+    /// Re-reads the config files' services and checks (SIGHUP, `cairn reload`).
+    pub fn reload(&self) -> Result<(), String> {
+        (self.reload.0)()
+    }
+
     /// Asks the agent to stop.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
@@ -93,11 +110,7 @@ pub async fn start(
         return Err(AgentError::NoRaftYet);
     }
     let tasks = TaskTracker::new();
-    let node_id = if config.node_id.is_empty() {
-        uuid::Uuid::new_v4().to_string()
-    } else {
-        config.node_id.clone()
-    };
+    let node_id = node_id(&config)?;
     let state = Arc::new(StateStore::new());
     let consensus = Arc::new(DevConsensus::new(
         state.clone(),
@@ -112,8 +125,36 @@ pub async fn start(
         shutdown.clone(),
     );
     register_self(&server, &config, &node_id).await?;
-
     let rpc: Arc<dyn Rpc> = Arc::new(server.clone());
+
+    let local = LocalAgent::new(
+        LocalConfig {
+            node: config.node_name.clone(),
+            enable_script_checks: config.enable_script_checks,
+            enable_local_script_checks: config.enable_local_script_checks,
+            check_update_interval: config.check_update_interval,
+        },
+        config.data_dir.as_deref().map(Persist::new),
+        &tasks,
+        shutdown.clone(),
+    );
+    local.load_config(&config.services, &config.checks)?;
+    let restored = local.restore()?;
+    if restored > 0 {
+        tracing::info!(
+            restored,
+            "restored services and checks registered through the API"
+        );
+    }
+    let sync = AntiEntropy {
+        state: local.state.clone(),
+        rpc: rpc.clone(),
+        node: node_info(&config, &node_id),
+        sync_interval: SYNC_INTERVAL,
+    };
+    tasks.spawn(sync.run(shutdown.clone()));
+    let reload = reload_fn(&config, local.clone());
+
     let http_addr = match config.http_addr() {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -125,7 +166,9 @@ pub async fn start(
                 })?;
             let bound = listener.local_addr().unwrap_or(addr);
             let state = HttpState {
-                rpc,
+                rpc: rpc.clone(),
+                local: local.clone(),
+                reload: reload.clone(),
                 info: Arc::new(agent_info(&config, &node_id)),
                 telemetry: deps.telemetry.clone(),
                 limits: config.limits.clone(),
@@ -152,9 +195,98 @@ pub async fn start(
         node_name: config.node_name.clone(),
         node_id,
         server: Some(server),
+        local,
+        reload,
         tasks,
         shutdown,
     })
+}
+
+/// How often anti-entropy compares the catalog with the local state in full.
+const SYNC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The node ID: the configured one, else the one saved under the data directory, else a new
+/// one (saved there when there is a data directory, so it survives restarts).
+fn node_id(config: &Config) -> Result<String, AgentError> {
+    if !config.node_id.is_empty() {
+        return Ok(config.node_id.clone());
+    }
+    let Some(dir) = &config.data_dir else {
+        return Ok(uuid::Uuid::new_v4().to_string());
+    };
+    let path = dir.join("node-id");
+    let err = |source| AgentError::NodeId {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(id) if uuid::Uuid::parse_str(id.trim()).is_ok() => Ok(id.trim().to_string()),
+        Ok(_) | Err(_) if !path.exists() => {
+            let id = uuid::Uuid::new_v4().to_string();
+            std::fs::create_dir_all(dir).map_err(err)?;
+            std::fs::write(&path, &id).map_err(err)?;
+            Ok(id)
+        }
+        Ok(bad) => Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not a UUID: {:?}", bad.trim()),
+        ))),
+        Err(e) => Err(err(e)),
+    }
+}
+
+fn node_meta(config: &Config) -> BTreeMap<String, String> {
+    let mut meta = config.node_meta.clone();
+    meta.insert("consul-network-segment".to_string(), String::new());
+    meta
+}
+
+fn tagged_addresses(config: &Config) -> BTreeMap<String, String> {
+    let addr = config.advertise().to_string();
+    let family = if config.advertise().is_ipv4() {
+        "ipv4"
+    } else {
+        "ipv6"
+    };
+    BTreeMap::from([
+        ("lan".to_string(), addr.clone()),
+        (format!("lan_{family}"), addr.clone()),
+        ("wan".to_string(), addr.clone()),
+        (format!("wan_{family}"), addr),
+    ])
+}
+
+fn node_info(config: &Config, node_id: &str) -> NodeInfo {
+    NodeInfo {
+        id: node_id.to_string(),
+        node: config.node_name.clone(),
+        address: config.advertise().to_string(),
+        datacenter: config.datacenter.clone(),
+        tagged_addresses: tagged_addresses(config),
+        meta: node_meta(config),
+    }
+}
+
+/// Re-reads the config sources and swaps in their services and checks.
+fn reload_fn(config: &Config, local: Arc<LocalAgent>) -> ReloadFn {
+    let sources = config.config_sources.clone();
+    ReloadFn(Arc::new(move || {
+        let mut fresh = Config::default();
+        if !sources.is_empty() {
+            crate::config::file::load(&sources)
+                .and_then(|f| f.apply(&mut fresh))
+                .map_err(|e| e.to_string())?;
+        }
+        local
+            .load_config(&fresh.services, &fresh.checks)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            services = fresh.services.len(),
+            checks = fresh.checks.len(),
+            "reloaded configuration"
+        );
+        Ok(())
+    }))
 }
 
 fn server_config(config: &Config) -> ServerConfig {
@@ -188,13 +320,8 @@ async fn register_self(server: &Server, config: &Config, node_id: &str) -> Resul
         node: config.node_name.clone(),
         address: addr.clone(),
         datacenter: config.datacenter.clone(),
-        tagged_addresses: BTreeMap::from([
-            ("lan".to_string(), addr.clone()),
-            ("lan_ipv4".to_string(), addr.clone()),
-            ("wan".to_string(), addr.clone()),
-            ("wan_ipv4".to_string(), addr),
-        ]),
-        node_meta: BTreeMap::from([("consul-network-segment".to_string(), String::new())]),
+        tagged_addresses: tagged_addresses(config),
+        node_meta: node_meta(config),
         service: consul,
         check: Some(serf),
         ..RegisterRequest::default()
@@ -216,7 +343,7 @@ fn agent_info(config: &Config, node_id: &str) -> AgentInfo {
         dev: config.dev,
         lan_addr: config.advertise().to_string(),
         lan_port: config.ports.serf_lan,
-        node_meta: BTreeMap::from([("consul-network-segment".to_string(), String::new())]),
+        node_meta: node_meta(config),
         debug_config: serde_json::json!({
             "Datacenter": config.datacenter,
             "NodeName": config.node_name,
@@ -326,7 +453,7 @@ fn stats_fn(config: &Config, server: Server) -> StatsFn {
 
 /// Publishes store sizes as gauges every few seconds.
 async fn gauges(server: Server, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,

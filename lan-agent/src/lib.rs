@@ -5,6 +5,8 @@
 //! - [`catalog`]: the state store, applied by one deterministic `apply` per command.
 //! - [`server`]: the server endpoint (blocking reads, writes into the log, session TTLs).
 //! - [`http`]: Consul's HTTP API on top of the server endpoint.
+//! - [`local`]: the agent's own services and checks, persisted and synced to the catalog;
+//!   [`health`] runs their checks.
 //! - [`cli`]: the subcommands, each a client of an agent's HTTP API (except `agent`).
 //! - [`filter`]: Consul's `?filter=` expressions.
 //! - [`telemetry`], [`clock`], [`config`], [`version`]: support.
@@ -17,7 +19,9 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod filter;
+pub mod health;
 pub mod http;
+pub mod local;
 pub mod server;
 pub mod telemetry;
 pub mod version;

@@ -40,6 +40,13 @@ pub fn cairn_bin() -> PathBuf {
     bin
 }
 
+/// An HTTP client for tests. The workspace's reqwest is built with rustls but no default
+/// crypto provider, so the ring provider is installed first (once per process).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// A TCP port that was free on `ip` a moment ago.
 pub fn free_port(ip: Ipv4Addr) -> u16 {
     TcpListener::bind((ip, 0))
@@ -89,7 +96,7 @@ impl Agent {
 
     async fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
-        let client = reqwest::Client::new();
+        let client = http_client();
         loop {
             if let Some(status) = self.child.try_wait()? {
                 bail!("agent exited early ({status}): {}", self.log_text());

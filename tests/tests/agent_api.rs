@@ -8,7 +8,7 @@ use serde_json::Value;
 #[tokio::test(flavor = "multi_thread")]
 async fn self_status_and_metrics() {
     let agent = Agent::dev().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     let me: Value = http
         .get(agent.url("/v1/agent/self"))
         .send()

@@ -35,7 +35,7 @@ fn case(
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_get_consuls_answers_and_change_nothing() {
     let agent = Agent::dev().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     http.put(agent.url("/v1/kv/keep/a"))
         .body("1")
         .send()

@@ -19,7 +19,7 @@ fn index_of(r: &reqwest::Response) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn watcher_wakes_on_its_key_only_and_promptly() {
     let agent = Agent::dev().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     http.put(agent.url("/v1/kv/a"))
         .body("1")
         .send()
@@ -85,7 +85,7 @@ async fn watcher_wakes_on_its_key_only_and_promptly() {
 #[tokio::test(flavor = "multi_thread")]
 async fn prefix_watch_sees_deletes_and_index_never_goes_back() {
     let agent = Agent::dev().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     http.put(agent.url("/v1/kv/dir/x"))
         .body("1")
         .send()
@@ -126,7 +126,7 @@ async fn rs_consul_watch_returns_on_change() {
         token: None,
         ..Default::default()
     });
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     http.put(agent.url("/v1/kv/w"))
         .body("1")
         .send()
@@ -167,7 +167,7 @@ async fn rs_consul_watch_returns_on_change() {
 #[tokio::test(flavor = "multi_thread")]
 async fn consistency_flags_and_headers() {
     let agent = Agent::dev().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     http.put(agent.url("/v1/kv/c"))
         .body("1")
         .send()

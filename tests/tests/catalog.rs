@@ -98,7 +98,7 @@ async fn register_read_and_deregister_through_rs_consul() {
     })
     .await
     .unwrap();
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     let left: Value = get(&http, &agent, "/v1/catalog/service/web")
         .await
         .json()
@@ -119,7 +119,7 @@ async fn register_read_and_deregister_through_rs_consul() {
 #[tokio::test(flavor = "multi_thread")]
 async fn consul_shapes_and_quirks() {
     let agent = Agent::dev().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     let missing = get(&http, &agent, "/v1/catalog/node/ghost").await;
     assert_eq!(missing.status(), 200);
     assert!(missing.headers().contains_key("x-consul-index"));
@@ -192,7 +192,7 @@ async fn filters_tags_and_node_meta() {
     c.register_entity(&entity("n2", "web", "web-2", "warning"))
         .await
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     let ids = |v: Value| -> Vec<String> {
         v.as_array()
             .unwrap()
@@ -250,7 +250,7 @@ async fn a_change_to_db_does_not_wake_watchers_of_web() {
     c.register_entity(&entity("n1", "web", "web-1", "passing"))
         .await
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     let first = get(&http, &agent, "/v1/health/service/web").await;
     let index: u64 = first.headers()["x-consul-index"]
         .to_str()

@@ -106,7 +106,7 @@ async fn rs_consul_put_get_list_cas_delete() {
 #[tokio::test(flavor = "multi_thread")]
 async fn missing_key_is_404_with_index_and_raw_and_keys_work() {
     let agent = Agent::dev().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     let r = http.get(agent.url("/v1/kv/nope")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     let index: u64 = r.headers()["x-consul-index"]
@@ -182,7 +182,7 @@ async fn missing_key_is_404_with_index_and_raw_and_keys_work() {
 #[tokio::test(flavor = "multi_thread")]
 async fn values_over_512_kib_are_refused_with_413() {
     let agent = Agent::dev().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     let at_limit = vec![b'x'; 512 * 1024];
     let r = http
         .put(agent.url("/v1/kv/big"))

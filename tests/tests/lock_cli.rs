@@ -67,7 +67,9 @@ async fn second_holder_waits_for_the_first() {
     assert!(wait_exit(&mut b, Duration::from_secs(15)).await.success());
     assert_eq!(lines(&log), ["A true", "A-done", "B"]);
     // Both cleaned up: the lock key is gone.
-    let r = reqwest::get(agent.url("/v1/kv/locks/x/.lock"))
+    let r = cairn_tests::http_client()
+        .get(agent.url("/v1/kv/locks/x/.lock"))
+        .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
@@ -87,7 +89,7 @@ async fn killing_the_holders_session_frees_the_lock_after_lock_delay() {
     .await
     .unwrap();
     let mut b = lock(&agent, &["locks/y"], &format!("echo B >> {l}"));
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     let held: Value = http
         .get(agent.url("/v1/kv/locks/y/.lock"))
         .send()
@@ -152,7 +154,9 @@ async fn semaphore_admits_n_holders() {
         peak = peak.max(inside);
     }
     assert_eq!(peak, 2, "{:?}", lines(&log));
-    let r = reqwest::get(agent.url("/v1/kv/sem/pool/?recurse"))
+    let r = cairn_tests::http_client()
+        .get(agent.url("/v1/kv/sem/pool/?recurse"))
+        .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 404, "semaphore keys are cleaned up");

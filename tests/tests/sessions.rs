@@ -63,7 +63,7 @@ async fn session_exists(http: &reqwest::Client, agent: &Agent, id: &str) -> bool
 #[tokio::test(flavor = "multi_thread")]
 async fn session_lifecycle_and_defaults() {
     let agent = Agent::dev().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     let id = create(&http, &agent, json!({"Name": "web-lock"})).await;
     let info: Value = http
         .get(agent.url(&format!("/v1/session/info/{id}")))
@@ -131,7 +131,7 @@ async fn session_lifecycle_and_defaults() {
 #[tokio::test(flavor = "multi_thread")]
 async fn acquire_release_and_lock_delay() {
     let agent = Agent::dev().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     let s1 = create(&http, &agent, json!({"LockDelay": "2s"})).await;
     let s2 = create(&http, &agent, json!({})).await;
     assert_eq!(
@@ -185,7 +185,7 @@ async fn acquire_release_and_lock_delay() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_session_on_acquire_is_an_error_and_changes_nothing() {
     let agent = Agent::dev().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     let r = http
         .put(agent.url("/v1/kv/k?acquire=00000000-0000-0000-0000-000000000000"))
         .body("v")
@@ -203,7 +203,7 @@ async fn unknown_session_on_acquire_is_an_error_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ttl_sessions_expire_unless_renewed() {
     let agent = Agent::dev().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     let idle = create(
         &http,
         &agent,
@@ -269,7 +269,7 @@ async fn rs_consul_lock_is_exclusive() {
     let lock = c.get_lock(req, b"node-a").await.unwrap();
     let second = c.get_lock(req, b"node-b").await;
     assert!(second.is_err(), "a second session must not get the lock");
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     let e = entry(&http, &agent, "leader").await.unwrap();
     assert_eq!(e["Session"].as_str(), Some(lock.session_id.as_str()));
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 #[tokio::test(flavor = "multi_thread")]
 async fn write_and_read_transactions() {
     let agent = Agent::dev().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     let b64 = |s: &str| STANDARD.encode(s);
     let r = http
         .put(agent.url("/v1/txn"))
@@ -88,7 +88,7 @@ async fn write_and_read_transactions() {
 #[tokio::test(flavor = "multi_thread")]
 async fn txn_locks_follow_sessions() {
     let agent = Agent::dev().await.unwrap();
-    let http = reqwest::Client::new();
+    let http = cairn_tests::http_client();
     let s: Value = http
         .put(agent.url("/v1/session/create"))
         .body("{}")

@@ -22,13 +22,30 @@ impl Store {
         req: &RegisterRequest,
     ) -> Result<(), RpcError> {
         if req.node.is_empty() {
-            return Err(RpcError::bad_request("Must provide node"));
+            return Err(RpcError::internal("Must provide node"));
         }
-        let exists = self.nodes.contains_key(&req.node);
-        if !(req.skip_node_update && exists) {
+        if !req.id.is_empty() && uuid::Uuid::parse_str(&req.id).is_err() {
+            return Err(RpcError::internal(format!(
+                "Bad node ID: uuid string is wrong length or improperly formatted: {:?}",
+                req.id
+            )));
+        }
+        if req.address.is_empty() && !req.skip_node_update {
+            return Err(RpcError::internal(
+                "Must provide address if SkipNodeUpdate is not set",
+            ));
+        }
+        // SkipNodeUpdate leaves an existing node alone but still creates a missing one.
+        if !(req.skip_node_update && self.nodes.contains_key(&req.node)) {
             self.ensure_node(idx, req)?;
-        } else if !exists {
-            return Err(RpcError::internal("Missing node registration"));
+        }
+        if let Some(svc) = &req.service
+            && svc.service.is_empty()
+            && !svc.id.is_empty()
+        {
+            return Err(RpcError::internal(
+                "Must provide service name (Service.Service) when service ID is provided",
+            ));
         }
         if let Some(svc) = &req.service {
             self.ensure_service(idx, &req.node, svc)?;
@@ -40,9 +57,6 @@ impl Store {
     }
 
     fn ensure_node(&mut self, idx: u64, req: &RegisterRequest) -> Result<(), RpcError> {
-        if req.address.is_empty() {
-            return Err(RpcError::bad_request("Must provide address"));
-        }
         if !req.id.is_empty()
             && let Some(other) = self
                 .nodes
@@ -85,7 +99,12 @@ impl Store {
 
     fn ensure_service(&mut self, idx: u64, node: &str, svc: &NodeService) -> Result<(), RpcError> {
         if svc.service.is_empty() {
-            return Err(RpcError::bad_request("Missing service name"));
+            return Err(RpcError::internal(
+                "Must provide service name (Service.Service) when service ID is provided",
+            ));
+        }
+        if matches!(svc.address.as_str(), "0.0.0.0" | "::" | "[::]") {
+            return Err(RpcError::internal("Invalid service address"));
         }
         let mut svc = svc.clone();
         if svc.id.is_empty() {
@@ -120,12 +139,15 @@ impl Store {
         check: &HealthCheck,
     ) -> Result<(), RpcError> {
         let mut c = check.clone();
+        if !c.node.is_empty() && !c.node.eq_ignore_ascii_case(node) {
+            return Err(RpcError::internal(format!(
+                "Node '{}' for check '{}' doesn't match register request node '{node}'",
+                c.node, c.check_id
+            )));
+        }
         c.node = node.to_string();
         if c.check_id.is_empty() {
             c.check_id = c.name.clone();
-        }
-        if c.check_id.is_empty() {
-            return Err(RpcError::bad_request("Missing check ID"));
         }
         if c.service_id.is_empty() {
             c.service_name.clear();
@@ -133,8 +155,8 @@ impl Store {
         } else {
             let Some(svc) = self.services.get(&(node.to_string(), c.service_id.clone())) else {
                 return Err(RpcError::internal(format!(
-                    "Missing service registration for check {:?}: no service {:?} on node {:?}",
-                    c.check_id, c.service_id, node
+                    "Unknown service ID '{}' for check ID '{}'",
+                    c.service_id, c.check_id
                 )));
             };
             c.service_name = svc.service.clone();
@@ -174,7 +196,7 @@ impl Store {
         req: &DeregisterRequest,
     ) -> Result<(), RpcError> {
         if req.node.is_empty() {
-            return Err(RpcError::bad_request("Must provide node"));
+            return Err(RpcError::internal("Must provide node"));
         }
         let node = req.node.as_str();
         if !req.service_id.is_empty() {

@@ -79,6 +79,26 @@ pub struct AgentArgs {
     /// Longest wait of blocking queries
     #[arg(long = "max-query-time", value_parser = parse_duration)]
     pub max_query_time: Option<Duration>,
+    /// A JSON config file to load (repeatable)
+    #[arg(long = "config-file", action = ArgAction::Append)]
+    pub config_file: Vec<PathBuf>,
+    /// A directory of JSON config files to load (repeatable)
+    #[arg(long = "config-dir", action = ArgAction::Append)]
+    pub config_dir: Vec<PathBuf>,
+    /// Allow script checks from the API and config files
+    #[arg(long = "enable-script-checks", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub enable_script_checks: bool,
+    /// Allow script checks from config files only
+    #[arg(long = "enable-local-script-checks", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", action = ArgAction::Set)]
+    pub enable_local_script_checks: bool,
+    /// Upstream DNS server for names outside the domain (repeatable)
+    #[arg(long, action = ArgAction::Append)]
+    pub recursor: Vec<String>,
+    /// Node metadata as key:value (repeatable)
+    #[arg(long = "node-meta", action = ArgAction::Append)]
+    pub node_meta: Vec<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -178,7 +198,16 @@ pub async fn run(args: AgentArgs) -> u8 {
         Err(e) => return super::fail(format!("==> Error starting agent: {e}")),
     };
     print_banner(&config, &handle);
-    wait_for_signal().await;
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => return super::fail(format!("==> {e}")),
+    };
+    while let Signal::Reload = signals.next().await {
+        println!("==> Caught signal: hangup, reloading configuration");
+        if let Err(e) = handle.reload() {
+            eprintln!("==> Failed to reload configuration: {e}");
+        }
+    }
     println!("==> Caught signal, shutting down");
     handle.shutdown();
     handle.stopped().await;
@@ -219,27 +248,32 @@ fn print_banner(c: &Config, h: &agent::AgentHandle) {
     println!();
 }
 
-async fn wait_for_signal() {
-    let mut term = signal(SignalKind::terminate()).ok();
-    let mut int = signal(SignalKind::interrupt()).ok();
-    let term = async {
-        match term.as_mut() {
-            Some(s) => {
-                s.recv().await;
-            }
-            None => std::future::pending().await,
+enum Signal {
+    Reload,
+    Stop,
+}
+
+/// SIGHUP reloads; SIGINT and SIGTERM stop.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            hup: signal(SignalKind::hangup())?,
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.hup.recv() => Signal::Reload,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.term.recv() => Signal::Stop,
         }
-    };
-    let int = async {
-        match int.as_mut() {
-            Some(s) => {
-                s.recv().await;
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = int => {}
     }
 }

@@ -10,6 +10,7 @@
 //! [`WriteRequest`]: cairn_shared::rpc::WriteRequest
 
 mod agent;
+mod agent_local;
 mod catalog;
 pub mod decode;
 pub mod error;
@@ -60,6 +61,9 @@ pub struct AgentInfo {
 #[derive(Debug, Clone)]
 pub struct HttpState {
     pub rpc: Arc<dyn Rpc>,
+    /// This agent's own services and checks.
+    pub local: Arc<crate::local::LocalAgent>,
+    pub reload: ReloadFn,
     pub info: Arc<AgentInfo>,
     pub telemetry: Telemetry,
     pub limits: Limits,
@@ -69,6 +73,16 @@ pub struct HttpState {
 
 /// Sections of `Stats` in `/v1/agent/self`, each a map of string values.
 pub type Stats = BTreeMap<String, BTreeMap<String, String>>;
+
+/// Re-reads the agent's config files (`/v1/agent/reload`, SIGHUP).
+#[derive(Clone)]
+pub struct ReloadFn(pub Arc<dyn Fn() -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for ReloadFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReloadFn")
+    }
+}
 
 /// Produces live statistics for `/v1/agent/self` and `cairn info`.
 #[derive(Clone)]
@@ -92,6 +106,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(session::router())
         .merge(status::router())
         .merge(agent::router())
+        .merge(agent_local::router())
         .fallback(unknown_path)
         .layer(middleware::from_fn(consul_rules))
         .with_state(state)

@@ -291,3 +291,44 @@ where
 {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
+
+/// A service as the agent that owns it shows it (`/v1/agent/services`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct AgentService {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub service: String,
+    pub tags: Vec<String>,
+    pub meta: BTreeMap<String, String>,
+    pub port: u16,
+    pub address: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub socket_path: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tagged_addresses: BTreeMap<String, ServiceAddress>,
+    pub weights: Weights,
+    pub enable_tag_override: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub content_hash: String,
+    pub datacenter: String,
+}
+
+impl AgentService {
+    pub fn new(svc: &NodeService, datacenter: &str) -> Self {
+        Self {
+            id: svc.id.clone(),
+            service: svc.service.clone(),
+            tags: svc.tags.clone(),
+            meta: svc.meta.clone(),
+            port: svc.port,
+            address: svc.address.clone(),
+            socket_path: svc.socket_path.clone(),
+            tagged_addresses: svc.tagged_addresses.clone(),
+            weights: svc.weights,
+            enable_tag_override: svc.enable_tag_override,
+            content_hash: String::new(),
+            datacenter: datacenter.to_string(),
+        }
+    }
+}

@@ -1,9 +1,74 @@
-//! Agent configuration: one struct with Consul's defaults in one place, built from flags
-//! (and, later, config files), then checked by [`Config::validate`].
+//! Agent configuration: one struct with Consul's defaults in one place, built from config
+//! files ([`file`]) and then flags (flags win), then checked by [`Config::validate`].
 
+pub mod file;
+
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::local::definition::{CheckType, ServiceDefinition};
+
+/// `dns_config {}`, with Consul's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsConfig {
+    pub allow_stale: bool,
+    pub max_stale: Duration,
+    pub node_ttl: Duration,
+    /// Service name or `prefix*` pattern → TTL; exact names win, then the longest prefix.
+    pub service_ttl: BTreeMap<String, Duration>,
+    pub enable_truncate: bool,
+    pub only_passing: bool,
+    pub udp_answer_limit: usize,
+    pub a_record_limit: usize,
+    pub recursor_timeout: Duration,
+    pub disable_compression: bool,
+    pub enable_additional_node_meta_txt: bool,
+    pub soa_refresh: u32,
+    pub soa_retry: u32,
+    pub soa_expire: u32,
+    pub soa_min_ttl: u32,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            allow_stale: true,
+            max_stale: Duration::from_secs(87_600 * 3600),
+            node_ttl: Duration::ZERO,
+            service_ttl: BTreeMap::new(),
+            enable_truncate: false,
+            only_passing: false,
+            udp_answer_limit: 3,
+            a_record_limit: 0,
+            recursor_timeout: Duration::from_secs(2),
+            disable_compression: false,
+            enable_additional_node_meta_txt: true,
+            soa_refresh: 3600,
+            soa_retry: 600,
+            soa_expire: 86_400,
+            soa_min_ttl: 0,
+        }
+    }
+}
+
+impl DnsConfig {
+    /// The TTL for a service: an exact entry, else the longest matching `prefix*`, else 0.
+    pub fn service_ttl(&self, name: &str) -> Duration {
+        if let Some(t) = self.service_ttl.get(name) {
+            return *t;
+        }
+        self.service_ttl
+            .iter()
+            .filter_map(|(pattern, ttl)| {
+                let prefix = pattern.strip_suffix('*')?;
+                name.starts_with(prefix).then_some((prefix.len(), *ttl))
+            })
+            .max_by_key(|(len, _)| *len)
+            .map_or(Duration::ZERO, |(_, t)| t)
+    }
+}
 
 /// Ports the agent listens on; `-1` in Consul's config disables one, here `None`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +117,8 @@ pub enum ConfigError {
     MissingDataDir,
     #[error("{key}: {reason}")]
     Invalid { key: &'static str, reason: String },
+    #[error("{0}")]
+    File(#[from] file::FileError),
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +144,19 @@ pub struct Config {
     pub default_query_time: Duration,
     pub max_query_time: Duration,
     pub session_ttl_min: Duration,
+    pub node_meta: BTreeMap<String, String>,
+    pub enable_script_checks: bool,
+    pub enable_local_script_checks: bool,
+    /// `check_update_interval`: output-only check changes wait this long to sync.
+    pub check_update_interval: Duration,
+    pub dns: DnsConfig,
+    /// Upstream DNS servers for names outside the domain.
+    pub recursors: Vec<SocketAddr>,
+    /// Services and checks from config files.
+    pub services: Vec<ServiceDefinition>,
+    pub checks: Vec<CheckType>,
+    /// `-config-file`/`-config-dir` sources, re-read on reload.
+    pub config_sources: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -101,6 +181,15 @@ impl Default for Config {
             default_query_time: Duration::from_secs(300),
             max_query_time: Duration::from_secs(600),
             session_ttl_min: Duration::from_secs(10),
+            node_meta: BTreeMap::new(),
+            enable_script_checks: false,
+            enable_local_script_checks: false,
+            check_update_interval: Duration::from_secs(300),
+            dns: DnsConfig::default(),
+            recursors: Vec::new(),
+            services: Vec::new(),
+            checks: Vec::new(),
+            config_sources: Vec::new(),
         }
     }
 }
@@ -164,6 +253,12 @@ impl Config {
                 reason: "requires server mode".into(),
             });
         }
+        crate::local::definition::validate_meta(&self.node_meta).map_err(|reason| {
+            ConfigError::Invalid {
+                key: "node_meta",
+                reason,
+            }
+        })?;
         if self.max_query_time < self.default_query_time {
             return Err(ConfigError::Invalid {
                 key: "max_query_time",
@@ -231,5 +326,23 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("server"));
+    }
+}
+
+#[cfg(test)]
+mod ttl_tests {
+    use super::*;
+
+    #[test]
+    fn service_ttl_prefers_exact_then_longest_prefix() {
+        let mut d = DnsConfig::default();
+        d.service_ttl.insert("*".into(), Duration::from_secs(5));
+        d.service_ttl.insert("db-*".into(), Duration::from_secs(10));
+        d.service_ttl
+            .insert("db-primary".into(), Duration::from_secs(1));
+        assert_eq!(d.service_ttl("db-primary"), Duration::from_secs(1));
+        assert_eq!(d.service_ttl("db-replica"), Duration::from_secs(10));
+        assert_eq!(d.service_ttl("web"), Duration::from_secs(5));
+        assert_eq!(DnsConfig::default().service_ttl("web"), Duration::ZERO);
     }
 }

@@ -1,0 +1,451 @@
+//! JSON config files (`-config-file`, `-config-dir`), merged like Consul's: files in the
+//! order given, a directory's `*.json` files in name order; later scalars replace earlier
+//! ones, lists accumulate, and `service`/`check` blocks join `services`/`checks`. Keys are
+//! Consul's `snake_case`; `PascalCase` works too. Unknown keys are an error naming the file.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::Config;
+use crate::http::decode;
+use crate::local::definition::{CheckType, ServiceDefinition};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("failed to read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to parse {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("file {0} has unknown extension; must be .json (HCL config files are not supported)")]
+    Extension(PathBuf),
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+/// Every key a config file may hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub datacenter: Option<String>,
+    pub node_name: Option<String>,
+    pub node_id: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub server: Option<bool>,
+    pub bootstrap: Option<bool>,
+    pub bootstrap_expect: Option<u32>,
+    pub bind_addr: Option<IpAddr>,
+    pub advertise_addr: Option<IpAddr>,
+    pub client_addr: Option<IpAddr>,
+    pub domain: Option<String>,
+    pub log_level: Option<String>,
+    pub log_json: Option<bool>,
+    pub enable_script_checks: Option<bool>,
+    pub enable_local_script_checks: Option<bool>,
+    pub node_meta: Option<BTreeMap<String, String>>,
+    pub ports: Option<PortsFile>,
+    pub limits: Option<LimitsFile>,
+    pub default_query_time: Option<String>,
+    pub max_query_time: Option<String>,
+    pub session_ttl_min: Option<String>,
+    pub check_update_interval: Option<String>,
+    pub recursors: Vec<String>,
+    pub dns_config: Option<DnsFile>,
+    pub services: Vec<ServiceDefinition>,
+    pub checks: Vec<CheckType>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PortsFile {
+    pub http: Option<i32>,
+    pub dns: Option<i32>,
+    pub server: Option<u16>,
+    pub serf_lan: Option<u16>,
+    pub serf_wan: Option<i32>,
+    pub https: Option<i32>,
+    pub grpc: Option<i32>,
+    pub grpc_tls: Option<i32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsFile {
+    pub kv_max_value_size: Option<usize>,
+    pub txn_max_req_len: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsFile {
+    pub allow_stale: Option<bool>,
+    pub max_stale: Option<String>,
+    pub node_ttl: Option<String>,
+    pub service_ttl: Option<BTreeMap<String, String>>,
+    pub enable_truncate: Option<bool>,
+    pub only_passing: Option<bool>,
+    pub udp_answer_limit: Option<usize>,
+    pub a_record_limit: Option<usize>,
+    pub recursor_timeout: Option<String>,
+    pub disable_compression: Option<bool>,
+    pub enable_additional_node_meta_txt: Option<bool>,
+    pub soa: Option<SoaFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SoaFile {
+    pub refresh: Option<u32>,
+    pub retry: Option<u32>,
+    pub expire: Option<u32>,
+    pub min_ttl: Option<u32>,
+}
+
+/// The files a list of `-config-file`/`-config-dir` sources names, in load order.
+fn files_of(sources: &[PathBuf]) -> Result<Vec<PathBuf>, FileError> {
+    let mut out = Vec::new();
+    for src in sources {
+        let meta = std::fs::metadata(src).map_err(|source| FileError::Read {
+            path: src.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(src)
+                .map_err(|source| FileError::Read {
+                    path: src.clone(),
+                    source,
+                })?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect();
+            entries.sort();
+            for p in entries {
+                if p.extension().is_some_and(|e| e == "json") {
+                    out.push(p);
+                } else {
+                    tracing::warn!(file = %p.display(),
+                        "skipping file, extension must be .json");
+                }
+            }
+        } else if src.extension().is_some_and(|e| e == "json") {
+            out.push(src.clone());
+        } else {
+            return Err(FileError::Extension(src.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads one file, folding `service`/`check` into their list forms.
+fn read_one(path: &Path) -> Result<Map<String, Value>, FileError> {
+    let parse = |message: String| FileError::Parse {
+        path: path.to_path_buf(),
+        message,
+    };
+    let body = std::fs::read(path).map_err(|source| FileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let Value::Object(mut map) = serde_json::from_slice(&body).map_err(|e| parse(e.to_string()))?
+    else {
+        return Err(parse("the top level must be an object".into()));
+    };
+    for (one, many) in [("service", "services"), ("check", "checks")] {
+        let key = map.keys().find(|k| k.eq_ignore_ascii_case(one)).cloned();
+        if let Some(v) = key.and_then(|k| map.remove(&k)) {
+            let list = map
+                .entry(many.to_string())
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(items) = list {
+                items.push(v);
+            }
+        }
+    }
+    // Validate this file alone so an error can name it.
+    decode::from_value::<FileConfig>(Value::Object(map.clone())).map_err(|e| {
+        let text = decode::go_message(&e);
+        match text.strip_prefix("json: unknown field ") {
+            Some(key) => parse(format!("invalid config key {}", key.trim_matches('"'))),
+            None => parse(text),
+        }
+    })?;
+    Ok(map)
+}
+
+/// Sections whose own keys are config keys (matched loosely), unlike user maps such as
+/// `node_meta` whose keys are kept exactly.
+const SECTIONS: &[&str] = &["ports", "limits", "dnsconfig", "soa"];
+
+fn fold(key: &str) -> String {
+    key.chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Later values replace earlier scalars; objects merge; lists accumulate. Config keys are
+/// matched the way the decoder matches them (`Datacenter` is `datacenter`).
+fn merge(into: &mut Map<String, Value>, from: Map<String, Value>, loose: bool) {
+    for (k, v) in from {
+        let key = if loose {
+            into.keys()
+                .find(|e| fold(e) == fold(&k))
+                .cloned()
+                .unwrap_or(k)
+        } else {
+            k
+        };
+        let section = loose && SECTIONS.contains(&fold(&key).as_str());
+        match (into.get_mut(&key), v) {
+            (Some(Value::Object(a)), Value::Object(b)) => merge(a, b, section),
+            (Some(Value::Array(a)), Value::Array(b)) => a.extend(b),
+            (_, v) => {
+                into.insert(key, v);
+            }
+        }
+    }
+}
+
+/// Loads and merges every source.
+pub fn load(sources: &[PathBuf]) -> Result<FileConfig, FileError> {
+    let mut merged = Map::new();
+    for path in files_of(sources)? {
+        merge(&mut merged, read_one(&path)?, true);
+    }
+    decode::from_value(Value::Object(merged)).map_err(|e| FileError::Parse {
+        path: PathBuf::from("merged configuration"),
+        message: e.to_string(),
+    })
+}
+
+fn dur(key: &str, v: &str) -> Result<Duration, FileError> {
+    cairn_shared::duration::parse(v).map_err(|e| FileError::Invalid {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn port(key: &str, v: i32) -> Result<Option<u16>, FileError> {
+    match v {
+        -1 => Ok(None),
+        0..=65535 => Ok(Some(v as u16)),
+        _ => Err(FileError::Invalid {
+            key: key.to_string(),
+            reason: format!("{v} is not a port"),
+        }),
+    }
+}
+
+impl FileConfig {
+    /// Applies what the files set on top of `c`.
+    pub fn apply(self, c: &mut Config) -> Result<(), FileError> {
+        macro_rules! set {
+            ($($field:ident),*) => {$(
+                if let Some(v) = self.$field { c.$field = v; }
+            )*};
+        }
+        set!(
+            datacenter,
+            node_name,
+            node_id,
+            server,
+            bootstrap,
+            bind_addr,
+            domain,
+            log_level,
+            log_json,
+            enable_script_checks,
+            enable_local_script_checks,
+            node_meta
+        );
+        if let Some(d) = self.data_dir {
+            c.data_dir = Some(d);
+        }
+        if self.bootstrap_expect.is_some() {
+            c.bootstrap_expect = self.bootstrap_expect;
+        }
+        if self.advertise_addr.is_some() {
+            c.advertise_addr = self.advertise_addr;
+        }
+        if let Some(a) = self.client_addr {
+            c.client_addr = a;
+        }
+        if !c.domain.ends_with('.') {
+            c.domain.push('.');
+        }
+        if let Some(p) = self.ports {
+            if let Some(v) = p.http {
+                c.ports.http = port("ports.http", v)?;
+            }
+            if let Some(v) = p.dns {
+                c.ports.dns = port("ports.dns", v)?;
+            }
+            if let Some(v) = p.server {
+                c.ports.server = v;
+            }
+            if let Some(v) = p.serf_lan {
+                c.ports.serf_lan = v;
+            }
+            if let Some(v) = p.serf_wan {
+                c.ports.serf_wan = port("ports.serf_wan", v)?;
+            }
+        }
+        if let Some(l) = self.limits {
+            if let Some(v) = l.kv_max_value_size {
+                c.limits.kv_max_value_size = v;
+            }
+            if let Some(v) = l.txn_max_req_len {
+                c.limits.txn_max_req_len = v;
+            }
+        }
+        for (key, value, slot) in [
+            (
+                "default_query_time",
+                self.default_query_time,
+                &mut c.default_query_time,
+            ),
+            ("max_query_time", self.max_query_time, &mut c.max_query_time),
+            (
+                "session_ttl_min",
+                self.session_ttl_min,
+                &mut c.session_ttl_min,
+            ),
+            (
+                "check_update_interval",
+                self.check_update_interval,
+                &mut c.check_update_interval,
+            ),
+        ] {
+            if let Some(v) = value {
+                *slot = dur(key, &v)?;
+            }
+        }
+        for r in self.recursors {
+            c.recursors.push(parse_recursor(&r)?);
+        }
+        if let Some(d) = self.dns_config {
+            apply_dns(d, &mut c.dns)?;
+        }
+        c.services.extend(self.services);
+        c.checks.extend(self.checks);
+        Ok(())
+    }
+}
+
+fn apply_dns(d: DnsFile, dns: &mut super::DnsConfig) -> Result<(), FileError> {
+    macro_rules! set {
+        ($($field:ident),*) => {$(
+            if let Some(v) = d.$field { dns.$field = v; }
+        )*};
+    }
+    set!(
+        allow_stale,
+        enable_truncate,
+        only_passing,
+        udp_answer_limit,
+        a_record_limit,
+        disable_compression,
+        enable_additional_node_meta_txt
+    );
+    if let Some(v) = d.max_stale {
+        dns.max_stale = dur("dns_config.max_stale", &v)?;
+    }
+    if let Some(v) = d.node_ttl {
+        dns.node_ttl = dur("dns_config.node_ttl", &v)?;
+    }
+    if let Some(v) = d.recursor_timeout {
+        dns.recursor_timeout = dur("dns_config.recursor_timeout", &v)?;
+    }
+    if let Some(m) = d.service_ttl {
+        for (k, v) in m {
+            dns.service_ttl
+                .insert(k, dur("dns_config.service_ttl", &v)?);
+        }
+    }
+    if let Some(s) = d.soa {
+        dns.soa_refresh = s.refresh.unwrap_or(dns.soa_refresh);
+        dns.soa_retry = s.retry.unwrap_or(dns.soa_retry);
+        dns.soa_expire = s.expire.unwrap_or(dns.soa_expire);
+        dns.soa_min_ttl = s.min_ttl.unwrap_or(dns.soa_min_ttl);
+    }
+    Ok(())
+}
+
+/// A recursor address; port 53 when none is given, as Consul.
+pub fn parse_recursor(s: &str) -> Result<SocketAddr, FileError> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    s.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| FileError::Invalid {
+            key: "recursors".into(),
+            reason: format!("{s:?} is not an IP address with an optional port"),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    #[test]
+    fn merges_in_name_order_and_collects_services() {
+        let dir = std::env::temp_dir().join(format!("cairn-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write(
+            &dir,
+            "a.json",
+            r#"{"datacenter":"one","service":{"name":"web","port":80}}"#,
+        );
+        write(
+            &dir,
+            "b.json",
+            r#"{"Datacenter":"two","services":[{"Name":"db"}],
+                "check":{"name":"disk","ttl":"30s"},"dns_config":{"node_ttl":"5s"}}"#,
+        );
+        write(&dir, "ignored.txt", "not json");
+        let fc = load(std::slice::from_ref(&dir)).unwrap();
+        let mut c = Config::default();
+        fc.apply(&mut c).unwrap();
+        assert_eq!(c.datacenter, "two");
+        let names: Vec<&str> = c.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["web", "db"]);
+        assert_eq!(c.checks[0].ttl, Some(Duration::from_secs(30)));
+        assert_eq!(c.dns.node_ttl, Duration::from_secs(5));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("cairn-cfg-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = write(&dir, "x.json", r#"{"datacentre":"dc1"}"#);
+        let err = load(&[p]).unwrap_err().to_string();
+        assert!(
+            err.contains("x.json") && err.contains("invalid config key datacentre"),
+            "{err}"
+        );
+        let hcl = write(&dir, "x.hcl", "");
+        assert!(
+            load(&[hcl])
+                .unwrap_err()
+                .to_string()
+                .contains("unknown extension")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
