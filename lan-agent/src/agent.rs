@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::catalog::{CommandOp, StateStore};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
+use crate::dns::{self, DnsSettings};
 use crate::http::{self, AgentInfo, HttpState, ReloadFn, Stats, StatsFn};
 use crate::local::persist::Persist;
 use crate::local::sync::{AntiEntropy, NodeInfo};
@@ -72,6 +73,8 @@ pub enum AgentError {
 pub struct AgentHandle {
     /// Where the HTTP API listens, if enabled.
     pub http_addr: Option<SocketAddr>,
+    /// Where DNS listens (UDP and TCP), if enabled.
+    pub dns_addr: Option<SocketAddr>,
     pub node_name: String,
     pub node_id: String,
     pub server: Option<Server>,
@@ -188,10 +191,30 @@ pub async fn start(
         }
         None => None,
     };
+    let dns_addr = match config.dns_addr() {
+        Some(addr) => {
+            let settings = DnsSettings {
+                domain: config.domain.to_ascii_lowercase(),
+                datacenter: config.datacenter.clone(),
+                config: config.dns.clone(),
+                recursors: config.recursors.clone(),
+            };
+            let bound = dns::serve(addr, rpc.clone(), settings, &tasks, shutdown.clone())
+                .await
+                .map_err(|source| AgentError::Bind {
+                    what: "DNS",
+                    addr,
+                    source,
+                })?;
+            Some(bound)
+        }
+        None => None,
+    };
     tasks.spawn(deps.telemetry.clone().upkeep(shutdown.clone()));
     tasks.spawn(gauges(server.clone(), shutdown.clone()));
     Ok(AgentHandle {
         http_addr,
+        dns_addr,
         node_name: config.node_name.clone(),
         node_id,
         server: Some(server),

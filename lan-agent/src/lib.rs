@@ -4,7 +4,7 @@
 //! - [`agent`]: starts an agent from a [`config::Config`] and tracks its tasks.
 //! - [`catalog`]: the state store, applied by one deterministic `apply` per command.
 //! - [`server`]: the server endpoint (blocking reads, writes into the log, session TTLs).
-//! - [`http`]: Consul's HTTP API on top of the server endpoint.
+//! - [`http`]: Consul's HTTP API on top of the server endpoint; [`dns`]: its DNS interface.
 //! - [`local`]: the agent's own services and checks, persisted and synced to the catalog;
 //!   [`health`] runs their checks.
 //! - [`cli`]: the subcommands, each a client of an agent's HTTP API (except `agent`).
@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dns;
 pub mod filter;
 pub mod health;
 pub mod http;

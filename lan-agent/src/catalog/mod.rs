@@ -278,7 +278,7 @@ impl Store {
                     }
                     if let Some(new) = &v {
                         self.by_service_name
-                            .entry(new.service.clone())
+                            .entry(new.service.to_lowercase())
                             .or_default()
                             .insert(k.clone());
                     }

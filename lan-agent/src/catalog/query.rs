@@ -145,10 +145,10 @@ impl Store {
             }
             Query::CatalogNode { node, select } => {
                 let sel = Selector::new(select)?;
-                let found = self.nodes.get(node).map(|n| NodeServices {
+                let found = self.node_named(node).map(|n| NodeServices {
                     node: n.clone(),
                     services: self
-                        .services_on(node)
+                        .services_on(&n.node)
                         .filter(|s| sel.keep(s))
                         .map(|s| (s.id.clone(), s.clone()))
                         .collect(),
@@ -259,7 +259,9 @@ impl Store {
             Query::CatalogServices { .. } => vec![WatchKey::Table(Table::Services)],
             Query::CatalogService { service, .. }
             | Query::HealthChecks { service, .. }
-            | Query::HealthService { service, .. } => vec![WatchKey::Service(service.clone())],
+            | Query::HealthService { service, .. } => {
+                vec![WatchKey::Service(service.to_lowercase())]
+            }
             Query::CatalogNode { node, .. }
             | Query::CatalogNodeServices { node, .. }
             | Query::HealthNode { node, .. } => vec![WatchKey::Node(node.clone())],
@@ -281,9 +283,18 @@ impl Store {
         }
     }
 
+    /// A node by name, falling back to a match that ignores case (DNS lower-cases names).
+    fn node_named(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name).or_else(|| {
+            self.nodes
+                .values()
+                .find(|n| n.node.eq_ignore_ascii_case(name))
+        })
+    }
+
     fn service_index_or(&self, name: &str, tables: &[Table]) -> u64 {
         self.service_index
-            .get(name)
+            .get(&name.to_lowercase())
             .copied()
             .unwrap_or_else(|| self.max_table(tables))
     }

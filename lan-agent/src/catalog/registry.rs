@@ -285,13 +285,14 @@ impl Store {
             .map(|(_, c)| c)
     }
 
-    /// Instances of a service name, in (node, service ID) order.
+    /// Instances of a service name (matched ignoring case, as Consul), in (node, service
+    /// ID) order.
     pub(super) fn instances<'a>(
         &'a self,
         name: &str,
     ) -> impl Iterator<Item = (&'a Node, &'a NodeService)> + 'a {
         self.by_service_name
-            .get(name)
+            .get(&name.to_lowercase())
             .into_iter()
             .flatten()
             .filter_map(|key| {
@@ -316,7 +317,7 @@ impl Store {
     }
 
     fn put_service(&mut self, key: NodeKey, svc: NodeService) {
-        let name = svc.service.clone();
+        let name = svc.service.to_lowercase();
         let old = self.services.insert(key.clone(), svc);
         if let Some(o) = &old {
             let old_name = o.service.clone();
@@ -337,10 +338,11 @@ impl Store {
     }
 
     pub(super) fn unindex_service(&mut self, name: &str, key: &NodeKey) {
-        if let Some(set) = self.by_service_name.get_mut(name) {
+        let name = name.to_lowercase();
+        if let Some(set) = self.by_service_name.get_mut(&name) {
             set.remove(key);
             if set.is_empty() {
-                self.by_service_name.remove(name);
+                self.by_service_name.remove(&name);
             }
         }
     }
@@ -365,9 +367,10 @@ impl Store {
 
     /// Moves a service name's index: a health read of that service could change.
     fn touch_service(&mut self, idx: u64, name: &str) {
-        let old = self.service_index.insert(name.to_string(), idx);
-        self.record(|| Undo::ServiceIndex(name.to_string(), old));
-        self.changes.push(Change::Service(name.to_string()));
+        let name = name.to_lowercase();
+        let old = self.service_index.insert(name.clone(), idx);
+        self.record(|| Undo::ServiceIndex(name.clone(), old));
+        self.changes.push(Change::Service(name));
     }
 
     /// A node-level change shows in the health of every service on the node.

@@ -219,7 +219,9 @@ fn print_banner(c: &Config, h: &agent::AgentHandle) {
     let http = h
         .http_addr
         .map_or("-1".to_string(), |a| a.port().to_string());
-    let dns = c.ports.dns.map_or("-1".to_string(), |p| p.to_string());
+    let dns = h
+        .dns_addr
+        .map_or("-1".to_string(), |a| a.port().to_string());
     println!("==> Starting Cairn agent...");
     println!("           Version: '{}'", crate::version::VERSION);
     println!("           Node ID: '{}'", h.node_id);

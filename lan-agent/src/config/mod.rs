@@ -287,6 +287,10 @@ impl Config {
             .http
             .map(|p| SocketAddr::new(self.client_addr, p))
     }
+
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.ports.dns.map(|p| SocketAddr::new(self.client_addr, p))
+    }
 }
 
 fn default_node_name() -> String {

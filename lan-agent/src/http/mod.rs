@@ -161,6 +161,11 @@ async fn consul_rules(req: Request, next: Next) -> Response {
         "x-consul-default-acl-policy",
         HeaderValue::from_static("allow"),
     );
+    // A refused oversize body was not read to the end; the connection cannot be reused.
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        resp.headers_mut()
+            .insert("connection", HeaderValue::from_static("close"));
+    }
     let status = resp.status().as_u16().to_string();
     metrics::counter!(names::HTTP_REQUESTS, "method" => method.to_string(), "code" => status)
         .increment(1);
