@@ -59,39 +59,122 @@ pub fn free_port(ip: Ipv4Addr) -> u16 {
 pub struct Agent {
     child: Child,
     pub http: SocketAddr,
+    /// The DNS address (UDP and TCP), when the agent serves DNS.
+    pub dns: Option<SocketAddr>,
     pub node: String,
+    args: Vec<String>,
     log: PathBuf,
+}
+
+/// How to start an agent: `-dev` on free loopback ports plus extra flags.
+#[derive(Debug, Default, Clone)]
+pub struct AgentOpts {
+    /// Serve DNS on a free port.
+    pub dns: bool,
+    pub args: Vec<String>,
+}
+
+impl AgentOpts {
+    pub fn dns(mut self) -> Self {
+        self.dns = true;
+        self
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub async fn start(self) -> anyhow::Result<Agent> {
+        let port = free_port(Ipv4Addr::LOCALHOST);
+        let node = format!("node-{port}");
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "-dev".into(),
+            format!("-http-port={port}"),
+            format!("-node={node}"),
+        ];
+        let dns = if self.dns {
+            let p = free_udp_tcp_port();
+            args.push(format!("-dns-port={p}"));
+            Some(SocketAddr::from((Ipv4Addr::LOCALHOST, p)))
+        } else {
+            args.push("-dns-port=-1".into());
+            None
+        };
+        args.extend(self.args);
+        let log = std::env::temp_dir().join(format!("cairn-agent-{port}.log"));
+        let mut agent = Agent {
+            child: spawn(&args, &log)?,
+            http: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            dns,
+            node,
+            args,
+            log,
+        };
+        agent.wait_ready(Duration::from_secs(20)).await?;
+        Ok(agent)
+    }
+}
+
+/// A port free for both UDP and TCP on loopback a moment ago.
+fn free_udp_tcp_port() -> u16 {
+    loop {
+        let p = free_port(Ipv4Addr::LOCALHOST);
+        if std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+fn spawn(args: &[String], log: &PathBuf) -> anyhow::Result<Child> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    Command::new(cairn_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .context("starting cairn agent")
 }
 
 impl Agent {
     /// `cairn agent -dev` on a free loopback port, ready to serve.
     pub async fn dev() -> anyhow::Result<Self> {
-        Self::dev_with(&[]).await
+        AgentOpts::default().start().await
     }
 
     /// `cairn agent -dev` plus extra flags.
     pub async fn dev_with(extra: &[&str]) -> anyhow::Result<Self> {
-        let port = free_port(Ipv4Addr::LOCALHOST);
-        let node = format!("node-{port}");
-        let log = std::env::temp_dir().join(format!("cairn-agent-{port}.log"));
-        let log_file = std::fs::File::create(&log)?;
-        let mut cmd = Command::new(cairn_bin());
-        cmd.args(["agent", "-dev", "-dns-port=-1"])
-            .arg(format!("-http-port={port}"))
-            .arg(format!("-node={node}"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file);
-        let child = cmd.spawn().context("starting cairn agent")?;
-        let mut agent = Self {
-            child,
-            http: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            node,
-            log,
-        };
-        agent.wait_ready(Duration::from_secs(20)).await?;
-        Ok(agent)
+        let mut opts = AgentOpts::default();
+        for a in extra {
+            opts = opts.arg(*a);
+        }
+        opts.start().await
+    }
+
+    /// Kills the process (`kill -9`) and starts it again with the same flags and ports.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&self.args, &self.log)?;
+        self.wait_ready(Duration::from_secs(20)).await
+    }
+
+    /// The agent's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal to the agent process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
     }
 
     async fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
@@ -161,6 +244,95 @@ impl Drop for Agent {
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// One `dig` run against an agent's DNS: the header status, flags and records by section.
+#[derive(Debug, Clone, Default)]
+pub struct Dig {
+    pub status: String,
+    pub flags: Vec<String>,
+    pub answer: Vec<String>,
+    pub authority: Vec<String>,
+    pub additional: Vec<String>,
+    pub raw: String,
+}
+
+impl Dig {
+    /// Records of a section as `name ttl class type data` strings, whitespace collapsed.
+    pub fn answers_of(&self, rtype: &str) -> Vec<String> {
+        self.answer
+            .iter()
+            .filter(|r| r.split_whitespace().nth(3) == Some(rtype))
+            .cloned()
+            .collect()
+    }
+
+    /// The data part (after the type) of each answer of a type.
+    pub fn data_of(&self, rtype: &str) -> Vec<String> {
+        self.answers_of(rtype)
+            .iter()
+            .map(|r| r.split_whitespace().skip(4).collect::<Vec<_>>().join(" "))
+            .collect()
+    }
+}
+
+/// Runs `dig @addr name type` with extra options (e.g. `+tcp`, `+noedns`).
+pub fn dig(addr: SocketAddr, name: &str, rtype: &str, opts: &[&str]) -> Dig {
+    let out = Command::new("dig")
+        .arg(format!("@{}", addr.ip()))
+        .args(["-p", &addr.port().to_string()])
+        .args([
+            "+noall",
+            "+answer",
+            "+authority",
+            "+additional",
+            "+comments",
+        ])
+        .args(["+time=2", "+tries=1"])
+        .args(opts)
+        .arg(name)
+        .arg(rtype)
+        .output()
+        .expect("dig is missing: install bind9-dnsutils (bash .ci/run does)");
+    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut d = Dig {
+        raw: raw.clone(),
+        ..Dig::default()
+    };
+    let mut section = "";
+    for line in raw.lines() {
+        if let Some(rest) = line.strip_prefix(";; ->>HEADER<<-") {
+            d.status = rest
+                .split("status: ")
+                .nth(1)
+                .and_then(|s| s.split(',').next())
+                .unwrap_or_default()
+                .to_string();
+        } else if let Some(rest) = line.strip_prefix(";; flags: ") {
+            d.flags = rest
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+        } else if line.starts_with(";; ANSWER SECTION") {
+            section = "answer";
+        } else if line.starts_with(";; AUTHORITY SECTION") {
+            section = "authority";
+        } else if line.starts_with(";; ADDITIONAL SECTION") {
+            section = "additional";
+        } else if !line.starts_with(';') && !line.trim().is_empty() {
+            let rec = line.split_whitespace().collect::<Vec<_>>().join(" ");
+            match section {
+                "answer" => d.answer.push(rec),
+                "authority" => d.authority.push(rec),
+                "additional" => d.additional.push(rec),
+                _ => {}
+            }
+        }
+    }
+    d
 }
 
 /// Stdout of a CLI run as text.

@@ -121,7 +121,29 @@ impl AgentArgs {
         } else {
             Config::default()
         };
+        // Config files first, in the order given (files, then directories); flags win.
+        c.config_sources = self
+            .config_file
+            .iter()
+            .chain(&self.config_dir)
+            .cloned()
+            .collect();
+        if !c.config_sources.is_empty() {
+            crate::config::file::load(&c.config_sources)
+                .and_then(|f| f.apply(&mut c))
+                .map_err(|e| e.to_string())?;
+        }
         c.server |= self.server;
+        c.enable_script_checks |= self.enable_script_checks;
+        c.enable_local_script_checks |= self.enable_local_script_checks;
+        for r in &self.recursor {
+            c.recursors
+                .push(crate::config::file::parse_recursor(r).map_err(|e| e.to_string())?);
+        }
+        for kv in &self.node_meta {
+            let (k, v) = kv.split_once(':').unwrap_or((kv.as_str(), ""));
+            c.node_meta.insert(k.to_string(), v.to_string());
+        }
         c.bootstrap |= self.bootstrap;
         if self.bootstrap_expect.is_some() {
             c.bootstrap_expect = self.bootstrap_expect;

@@ -4,9 +4,12 @@
 
 pub mod agent;
 pub mod argv;
+pub mod catalog;
 pub mod client;
 pub mod kv;
 pub mod lock;
+pub mod maint;
+pub mod services;
 
 use std::process::ExitCode;
 
@@ -31,10 +34,26 @@ pub enum Command {
     /// Read and write the key/value store
     #[command(subcommand)]
     Kv(kv::KvCommand),
+    /// List datacenters, nodes and services in the catalog
+    #[command(subcommand)]
+    Catalog(catalog::CatalogCommand),
+    /// Register and deregister services with the local agent
+    #[command(subcommand)]
+    Services(services::ServicesCommand),
+    /// Node and service maintenance mode
+    Maint(maint::MaintArgs),
+    /// Make the agent re-read its configuration files
+    Reload(ReloadArgs),
     /// Run a command while holding a lock or semaphore
     Lock(lock::LockArgs),
     /// Print the version
     Version(VersionArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    http: client::HttpFlags,
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,6 +99,10 @@ pub async fn run(cli: Cli) -> u8 {
     match cli.command {
         Command::Agent(args) => agent::run(args).await,
         Command::Kv(cmd) => kv::run(cmd).await,
+        Command::Catalog(cmd) => catalog::run(cmd).await,
+        Command::Services(cmd) => services::run(cmd).await,
+        Command::Maint(args) => maint::run(args).await,
+        Command::Reload(args) => reload(&args).await,
         Command::Lock(args) => lock::run(args).await,
         Command::Version(args) => version(&args),
     }
@@ -117,6 +140,24 @@ fn version(args: &VersionArgs) -> u8 {
             eprintln!("Unknown format: {other}");
             1
         }
+    }
+}
+
+async fn reload(args: &ReloadArgs) -> u8 {
+    let client = match client::Client::new(&args.http) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match client
+        .put("/v1/agent/reload", &[], Vec::new())
+        .await
+        .and_then(|r| r.ok())
+    {
+        Ok(_) => {
+            println!("Configuration reload triggered");
+            0
+        }
+        Err(e) => fail(format!("Error reloading: {e}")),
     }
 }
 

@@ -544,3 +544,66 @@ fn add_ip_tagged_addresses(svc: &mut cairn_shared::api::NodeService) {
             });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::decode;
+
+    fn agent() -> Arc<LocalAgent> {
+        LocalAgent::new(
+            LocalConfig {
+                node: "n1".into(),
+                enable_script_checks: false,
+                enable_local_script_checks: false,
+                check_update_interval: Duration::from_secs(300),
+            },
+            None,
+            &TaskTracker::new(),
+            CancellationToken::new(),
+        )
+    }
+
+    fn service(after: &str) -> ServiceDefinition {
+        decode::from_slice(
+            format!(
+                r#"{{"Name":"web","Check":{{"TTL":"10s","DeregisterCriticalServiceAfter":"{after}"}}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn critical_services_are_reaped_after_their_deadline() {
+        let local = agent();
+        local
+            .add_service(&service("90s"), "", Source::Api, false)
+            .unwrap();
+        let start = Instant::now();
+        local.reap(start + Duration::from_secs(89));
+        assert!(local.state.service("web").is_some());
+        local.reap(start + Duration::from_secs(91));
+        assert!(local.state.service("web").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reap_deadline_is_at_least_a_minute_and_passing_resets_it() {
+        let local = agent();
+        local
+            .add_service(&service("5s"), "", Source::Api, false)
+            .unwrap();
+        let start = Instant::now();
+        local.reap(start + Duration::from_secs(30));
+        assert!(local.state.service("web").is_some(), "floor of one minute");
+        tokio::time::advance(Duration::from_secs(40)).await;
+        local
+            .update_ttl("service:web", CheckStatus::Passing, "")
+            .unwrap();
+        local.reap(start + Duration::from_secs(120));
+        assert!(
+            local.state.service("web").is_some(),
+            "not critical any more"
+        );
+    }
+}

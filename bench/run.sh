@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Cairn benchmarks. Builds release binaries, starts what it measures on free loopback
+# ports, drives it with `cairn-bench`, prints one line per measurement, and stops it all.
+#
+#   bash bench/run.sh dns    # DNS queries/s for web.service.consul (A and SRV), and dnsperf if installed
+#   bash bench/run.sh http   # /v1/health/service/web?passing reads/s
+#   bash bench/run.sh kv     # KV puts and gets at 1, 16, 64 clients; etcd side by side if installed
+#   bash bench/run.sh all    # everything (default)
+#
+# Optional peers and tools: `apt-get install etcd-server dnsperf`. Set SECONDS_PER_RUN to
+# change the length of each measurement (default 10).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-all}
+secs=${SECONDS_PER_RUN:-10}
+instances=${INSTANCES:-50}
+
+cargo build --release --quiet --bin cairn --bin cairn-bench
+cairn=target/release/cairn
+bench=target/release/cairn-bench
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_cairn() {
+  http_port=$(free_port); dns_port=$(free_port)
+  "$cairn" agent -dev -log-level=warn -http-port="$http_port" -dns-port="$dns_port" -node=bench \
+    >"$work/cairn.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$http_port/v1/status/leader" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "cairn did not start:"; cat "$work/cairn.log"; exit 1
+}
+
+register_web() {
+  for i in $(seq "$instances"); do
+    curl -sf -X PUT "http://127.0.0.1:$http_port/v1/catalog/register" -d "{
+      \"Node\": \"web-node-$i\", \"Address\": \"10.0.$((i / 250)).$((i % 250 + 1))\",
+      \"Service\": {\"Service\": \"web\", \"Port\": 8080},
+      \"Check\": {\"CheckID\": \"web-$i\", \"Name\": \"web\", \"ServiceID\": \"web\", \"Status\": \"passing\"}
+    }" >/dev/null
+  done
+}
+
+bench_dns() {
+  echo "== DNS ($instances instances of web, ${secs}s per run)"
+  for c in 1 16 64; do
+    "$bench" --concurrency "$c" --seconds "$secs" dns "127.0.0.1:$dns_port" web.service.consul --qtype A
+  done
+  "$bench" --concurrency 16 --seconds "$secs" dns "127.0.0.1:$dns_port" web.service.consul --qtype SRV
+  if command -v dnsperf >/dev/null; then
+    printf 'web.service.consul A\nweb.service.consul SRV\n' >"$work/queries"
+    dnsperf -s 127.0.0.1 -p "$dns_port" -d "$work/queries" -l "$secs" -c 16 -Q 1000000 \
+      | grep -E "Queries per second|Average Latency"
+  fi
+}
+
+bench_http() {
+  echo "== HTTP /v1/health/service/web?passing ($instances instances, ${secs}s per run)"
+  for c in 1 16 64; do
+    "$bench" --concurrency "$c" --seconds "$secs" http "127.0.0.1:$http_port" '/v1/health/service/web?passing'
+  done
+}
+
+bench_kv() {
+  echo "== KV (128-byte values, ${secs}s per run)"
+  etcd_port=""
+  if command -v etcd >/dev/null; then
+    etcd_port=$(free_port); peer_port=$(free_port)
+    etcd --data-dir "$work/etcd" --listen-client-urls "http://127.0.0.1:$etcd_port" \
+      --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+      --listen-peer-urls "http://127.0.0.1:$peer_port" \
+      --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+      --initial-cluster "default=http://127.0.0.1:$peer_port" >"$work/etcd.log" 2>&1 &
+    pids+=($!)
+    sleep 2
+  fi
+  for c in 1 16 64; do
+    "$bench" --concurrency "$c" --seconds "$secs" kv "127.0.0.1:$http_port"
+    if [ -n "$etcd_port" ]; then
+      "$bench" --concurrency "$c" --seconds "$secs" kv "127.0.0.1:$etcd_port" --etcd
+    fi
+  done
+}
+
+start_cairn
+case "$what" in
+  dns) register_web; bench_dns ;;
+  http) register_web; bench_http ;;
+  kv) bench_kv ;;
+  all) register_web; bench_dns; bench_http; bench_kv ;;
+  *) echo "usage: $0 [dns|http|kv|all]"; exit 2 ;;
+esac
