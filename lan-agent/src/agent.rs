@@ -19,6 +19,7 @@ use crate::catalog::{CommandOp, StateStore};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
 use crate::dns::{self, DnsSettings};
+use crate::events::Events;
 use crate::http::{self, AgentInfo, HttpState, ReloadFn, Stats, StatsFn};
 use crate::local::persist::Persist;
 use crate::local::sync::{AntiEntropy, NodeInfo};
@@ -157,6 +158,7 @@ pub async fn start(
     };
     tasks.spawn(sync.run(shutdown.clone()));
     let reload = reload_fn(&config, local.clone());
+    let events = Arc::new(Events::default());
 
     let http_addr = match config.http_addr() {
         Some(addr) => {
@@ -171,6 +173,7 @@ pub async fn start(
             let state = HttpState {
                 rpc: rpc.clone(),
                 local: local.clone(),
+                events: events.clone(),
                 reload: reload.clone(),
                 info: Arc::new(agent_info(&config, &node_id)),
                 telemetry: deps.telemetry.clone(),

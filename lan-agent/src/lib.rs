@@ -3,7 +3,8 @@
 //! Layout:
 //! - [`agent`]: starts an agent from a [`config::Config`] and tracks its tasks.
 //! - [`catalog`]: the state store, applied by one deterministic `apply` per command.
-//! - [`server`]: the server endpoint (blocking reads, writes into the log, session TTLs).
+//! - [`server`]: the server endpoint (blocking reads, writes into the log, session TTLs);
+//!   [`rpc`] carries requests to it over the server RPC port.
 //! - [`http`]: Consul's HTTP API on top of the server endpoint; [`dns`]: its DNS interface.
 //! - [`local`]: the agent's own services and checks, persisted and synced to the catalog;
 //!   [`health`] runs their checks.
@@ -19,10 +20,13 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dns;
+pub mod events;
 pub mod filter;
+pub mod gossip;
 pub mod health;
 pub mod http;
 pub mod local;
+pub mod rpc;
 pub mod server;
 pub mod telemetry;
 pub mod version;

@@ -5,9 +5,11 @@
 //! - [`rpc`]: the read and write requests that flow from an agent's HTTP or DNS surface to
 //!   the servers, locally, over the LAN or across datacenters.
 //! - [`duration`]: Go-style duration parsing and formatting.
+//! - [`coordinate`]: Serf's Vivaldi network coordinates (pure math).
 //!
 //! Nothing here opens a socket or needs an async runtime.
 
 pub mod api;
+pub mod coordinate;
 pub mod duration;
 pub mod rpc;

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::api::{
-    CheckStatus, DeregisterRequest, HealthCheck, KvTxnOp, Node, NodeServiceList, NodeServices,
-    RegisterRequest, ServiceEntry, ServiceNode, Session, TxnOp, TxnResponse,
+    CheckStatus, CoordinateEntry, DeregisterRequest, HealthCheck, KvTxnOp, Node, NodeServiceList,
+    NodeServices, RegisterRequest, ServiceEntry, ServiceNode, Session, TxnOp, TxnResponse,
 };
 
 /// Consul's read consistency modes.
@@ -41,7 +41,7 @@ impl Consistency {
 }
 
 /// Options every read carries (`?dc`, `?index`, `?wait`, consistency, token).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct QueryOptions {
     /// Empty means the datacenter of the agent that received the request.
     pub datacenter: String,
@@ -51,6 +51,9 @@ pub struct QueryOptions {
     pub max_wait: Option<Duration>,
     pub consistency: Consistency,
     pub token: String,
+    /// `?near`: sort results by estimated round-trip time from this node (`_agent` is
+    /// resolved to the asking agent's node before the request leaves it).
+    pub near: String,
 }
 
 /// What a read says about where its data came from.
@@ -65,7 +68,7 @@ pub struct QueryMeta {
 }
 
 /// A read of the state store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Query {
     /// One key (`/v1/kv/:key`).
     KvGet {
@@ -135,6 +138,12 @@ pub enum Query {
         state: Option<CheckStatus>,
         select: Select,
     },
+    /// `/v1/coordinate/nodes`.
+    CoordinateNodes,
+    /// `/v1/coordinate/node/:node`.
+    CoordinateNode {
+        node: String,
+    },
     /// The leader's RPC address (`/v1/status/leader`).
     Leader,
     /// The voters' RPC addresses (`/v1/status/peers`).
@@ -152,7 +161,7 @@ pub struct Select {
 }
 
 /// The data a [`Query`] returns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum QueryResult {
     Kv(Vec<crate::api::KvPair>),
     Keys(Vec<String>),
@@ -168,15 +177,16 @@ pub enum QueryResult {
     NodeServiceList(Option<NodeServiceList>),
     Checks(Vec<HealthCheck>),
     ServiceEntries(Vec<ServiceEntry>),
+    Coordinates(Vec<CoordinateEntry>),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReadRequest {
     pub query: Query,
     pub options: QueryOptions,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReadResponse {
     pub meta: QueryMeta,
     pub result: QueryResult,
@@ -184,7 +194,7 @@ pub struct ReadResponse {
 
 /// A change to the state store, as a client asks for it. The leader turns it into a log
 /// command, adding what must be decided once (times, generated IDs).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WriteOp {
     /// One of the KV verbs `set`, `cas`, `lock`, `unlock`, `delete`, `delete-cas`, `delete-tree`.
     Kv(KvTxnOp),
@@ -200,9 +210,13 @@ pub enum WriteOp {
     Txn(Vec<TxnOp>),
     CatalogRegister(Box<RegisterRequest>),
     CatalogDeregister(DeregisterRequest),
+    /// One agent's coordinate; servers batch these before writing.
+    CoordinateUpdate(CoordinateEntry),
+    /// Coordinates collected by a server, written together.
+    CoordinateBatchUpdate(Vec<CoordinateEntry>),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WriteRequest {
     pub datacenter: String,
     pub token: String,

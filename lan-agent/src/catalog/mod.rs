@@ -21,7 +21,8 @@ pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cairn_shared::api::{HealthCheck, KvPair, Node, NodeService, Session};
+use cairn_shared::api::{CoordinateEntry, HealthCheck, KvPair, Node, NodeService, Session};
+use cairn_shared::coordinate::Coordinate;
 use cairn_shared::rpc::{RpcError, WriteOp, WriteResult};
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +30,7 @@ pub use state::StateStore;
 pub use watch::{Change, WatchKey};
 
 /// A log entry: a write plus what the leader decided for it once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Command {
     /// Wall-clock milliseconds since the Unix epoch when the leader accepted the write;
     /// the only time `apply` ever sees (lock-delay expiry, for one).
@@ -37,7 +38,7 @@ pub struct Command {
     pub op: CommandOp,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CommandOp {
     /// A write a client asked for, with generated IDs already filled in.
     Client(WriteOp),
@@ -54,6 +55,7 @@ pub enum Table {
     Kvs,
     Tombstones,
     Sessions,
+    Coordinates,
 }
 
 /// Where an atomic unit started, to roll back to.
@@ -81,6 +83,7 @@ enum Undo {
     TableIndex(Table, Option<u64>),
     NodeIndex(String, Option<u64>),
     ServiceIndex(String, Option<u64>),
+    Coordinate(String, Option<Coordinate>),
 }
 
 /// All replicated state. Cloneable and serialisable so it can be snapshotted whole.
@@ -109,6 +112,8 @@ pub struct Store {
     /// Key → wall-clock millisecond until which it cannot be acquired.
     lock_delays: BTreeMap<String, u64>,
     sessions: BTreeMap<String, Session>,
+    /// Node → its latest network coordinate.
+    coordinates: BTreeMap<String, Coordinate>,
     #[serde(skip)]
     journal: Option<Vec<Undo>>,
     #[serde(skip)]
@@ -165,6 +170,13 @@ impl Store {
                 self.atomically(|s| s.deregister(idx, now, req))?;
                 Ok(WriteResult::Bool(true))
             }
+            WriteOp::CoordinateBatchUpdate(entries) => {
+                self.coordinate_batch(idx, entries);
+                Ok(WriteResult::Bool(true))
+            }
+            WriteOp::CoordinateUpdate(_) => Err(RpcError::internal(
+                "invariant: coordinate updates are batched by the server before the log",
+            )),
         }
     }
 
@@ -288,6 +300,7 @@ impl Store {
                 Undo::TableIndex(t, i) => restore(&mut self.table_index, t, i),
                 Undo::NodeIndex(k, v) => restore(&mut self.node_index, k, v),
                 Undo::ServiceIndex(k, v) => restore(&mut self.service_index, k, v),
+                Undo::Coordinate(k, v) => restore(&mut self.coordinates, k, v),
             }
         }
         self.changes.truncate(sp.changes_len);
@@ -306,6 +319,35 @@ impl Store {
             Err(_) => self.rollback_to(sp),
         }
         result
+    }
+
+    /// Stores the coordinates of known nodes; others are dropped, as Consul does.
+    fn coordinate_batch(&mut self, idx: u64, entries: &[CoordinateEntry]) {
+        let mut changed = false;
+        for e in entries {
+            let Some(coord) = &e.coord else { continue };
+            if !self.nodes.contains_key(&e.node) || !coord.is_valid() {
+                continue;
+            }
+            let old = self.coordinates.insert(e.node.clone(), coord.clone());
+            let node = e.node.clone();
+            self.record(|| Undo::Coordinate(node, old));
+            changed = true;
+        }
+        if changed {
+            self.bump(Table::Coordinates, idx);
+        }
+    }
+
+    pub(super) fn remove_coordinate(&mut self, idx: u64, node: &str) {
+        if let Some(old) = self.coordinates.remove(node) {
+            self.record(|| Undo::Coordinate(node.to_string(), Some(old)));
+            self.bump(Table::Coordinates, idx);
+        }
+    }
+
+    pub fn coordinate(&self, node: &str) -> Option<&Coordinate> {
+        self.coordinates.get(node)
     }
 
     pub fn check(&self, node: &str, id: &str) -> Option<&HealthCheck> {

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_shared::api::{
-    CheckStatus, HealthCheck, Node, NodeService, NodeServiceList, NodeServices, ServiceEntry,
-    ServiceNode,
+    CheckStatus, CoordinateEntry, HealthCheck, Node, NodeService, NodeServiceList, NodeServices,
+    ServiceEntry, ServiceNode,
 };
 use cairn_shared::rpc::{Query, QueryResult, RpcError, Select};
 use serde::Serialize;
@@ -63,9 +63,10 @@ impl Selector {
 }
 
 impl Store {
-    /// Answers a read and says which index it is at. The index is never 0.
-    pub fn query(&self, q: &Query) -> Result<(u64, QueryResult), RpcError> {
-        let (index, result) = match q {
+    /// Answers a read and says which index it is at. The index is never 0. With `near`,
+    /// list answers are sorted by estimated round-trip time from that node.
+    pub fn query(&self, q: &Query, near: &str) -> Result<(u64, QueryResult), RpcError> {
+        let (index, mut result) = match q {
             Query::KvGet { key } => {
                 let hit = self.kv.get(key).cloned();
                 let index = hit
@@ -235,13 +236,66 @@ impl Store {
                     .collect();
                 (self.table(Table::Checks), QueryResult::Checks(checks))
             }
+            Query::CoordinateNodes => (
+                self.table(Table::Coordinates),
+                QueryResult::Coordinates(
+                    self.coordinates
+                        .iter()
+                        .map(|(node, c)| CoordinateEntry {
+                            node: node.clone(),
+                            segment: String::new(),
+                            coord: Some(c.clone()),
+                        })
+                        .collect(),
+                ),
+            ),
+            Query::CoordinateNode { node } => (
+                self.table(Table::Coordinates),
+                QueryResult::Coordinates(
+                    self.coordinates
+                        .get(node)
+                        .map(|c| CoordinateEntry {
+                            node: node.clone(),
+                            segment: String::new(),
+                            coord: Some(c.clone()),
+                        })
+                        .into_iter()
+                        .collect(),
+                ),
+            ),
             Query::Leader | Query::Peers | Query::Datacenters => {
                 return Err(RpcError::internal(
                     "invariant: status queries are answered by the server, not the store",
                 ));
             }
         };
+        if !near.is_empty() {
+            self.sort_near(&mut result, near);
+        }
         Ok((index.max(1), result))
+    }
+
+    /// Sorts list answers by estimated RTT from `near`; nodes without a coordinate go last,
+    /// and nothing moves when `near` itself has none (Consul's rules).
+    fn sort_near(&self, result: &mut QueryResult, near: &str) {
+        let Some(origin) = self.coordinates.get(near) else {
+            return;
+        };
+        let dist = |node: &str| {
+            self.coordinates
+                .get(node)
+                .map_or(f64::INFINITY, |c| origin.distance_to_secs(c))
+        };
+        let by = |a: f64, b: f64| a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal);
+        match result {
+            QueryResult::Nodes(v) => v.sort_by(|a, b| by(dist(&a.node), dist(&b.node))),
+            QueryResult::ServiceNodes(v) => v.sort_by(|a, b| by(dist(&a.node), dist(&b.node))),
+            QueryResult::ServiceEntries(v) => {
+                v.sort_by(|a, b| by(dist(&a.node.node), dist(&b.node.node)))
+            }
+            QueryResult::Checks(v) => v.sort_by(|a, b| by(dist(&a.node), dist(&b.node))),
+            _ => {}
+        }
     }
 
     /// What a blocking query must watch to see its answer change; empty for queries that
@@ -266,6 +320,9 @@ impl Store {
             | Query::CatalogNodeServices { node, .. }
             | Query::HealthNode { node, .. } => vec![WatchKey::Node(node.clone())],
             Query::HealthState { .. } => vec![WatchKey::Table(Table::Checks)],
+            Query::CoordinateNodes | Query::CoordinateNode { .. } => {
+                vec![WatchKey::Table(Table::Coordinates)]
+            }
             Query::TxnRead(_) | Query::Leader | Query::Peers | Query::Datacenters => Vec::new(),
         }
     }

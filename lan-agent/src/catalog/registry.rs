@@ -258,6 +258,7 @@ impl Store {
         for id in self.sessions_on(node) {
             self.session_destroy(idx, now, &id);
         }
+        self.remove_coordinate(idx, node);
         self.remove_node(node);
         self.bump(Table::Nodes, idx);
         self.touch_node(idx, node);

@@ -88,7 +88,7 @@ impl Harness {
     }
 
     fn query(&self, q: Query) -> (u64, QueryResult) {
-        self.store.query(&q).unwrap()
+        self.store.query(&q, "").unwrap()
     }
 }
 
@@ -542,15 +542,64 @@ fn filter_applies_to_the_listed_element() {
     };
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].service_id, "web2");
-    let bad = h.store.query(&Query::CatalogNodes {
-        select: cairn_shared::rpc::Select {
-            filter: "Node ==".into(),
-            ..Default::default()
+    let bad = h.store.query(
+        &Query::CatalogNodes {
+            select: cairn_shared::rpc::Select {
+                filter: "Node ==".into(),
+                ..Default::default()
+            },
         },
-    });
+        "",
+    );
     assert!(
         bad.unwrap_err()
             .message
             .starts_with("Failed to create boolean expression evaluator: ")
     );
+}
+
+#[test]
+fn near_sorts_by_coordinates_and_unknown_nodes_go_last() {
+    use cairn_shared::api::CoordinateEntry;
+    use cairn_shared::coordinate::{Config, Coordinate};
+    let mut h = Harness::new();
+    for node in ["n1", "far", "mid", "nocoord"] {
+        register(&mut h, web(node, &format!("web-{node}"), &[])).unwrap();
+    }
+    let at = |x: f64| {
+        let mut c = Coordinate::new(&Config::default());
+        c.vec[0] = x;
+        c
+    };
+    let entries = [("n1", 0.0), ("far", 0.5), ("mid", 0.1)]
+        .iter()
+        .map(|(n, x)| CoordinateEntry {
+            node: n.to_string(),
+            segment: String::new(),
+            coord: Some(at(*x)),
+        })
+        .chain(std::iter::once(CoordinateEntry {
+            node: "ghost".into(),
+            segment: String::new(),
+            coord: Some(at(0.0)),
+        }))
+        .collect();
+    h.apply(CommandOp::Client(WriteOp::CoordinateBatchUpdate(entries)))
+        .unwrap();
+    let q = Query::CatalogService {
+        service: "web".into(),
+        select: Default::default(),
+    };
+    let order = |near: &str| {
+        let QueryResult::ServiceNodes(list) = h.store.query(&q, near).unwrap().1 else {
+            panic!()
+        };
+        list.into_iter().map(|s| s.node).collect::<Vec<_>>()
+    };
+    assert_eq!(order("n1"), ["n1", "mid", "far", "nocoord"]);
+    assert_eq!(order("far"), ["far", "mid", "n1", "nocoord"]);
+    // No coordinate for the source: catalog order.
+    assert_eq!(order("nocoord"), ["far", "mid", "n1", "nocoord"]);
+    // Coordinates of unknown nodes are not stored.
+    assert!(h.store.coordinate("ghost").is_none());
 }

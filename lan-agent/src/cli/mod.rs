@@ -6,10 +6,13 @@ pub mod agent;
 pub mod argv;
 pub mod catalog;
 pub mod client;
+pub mod event;
 pub mod kv;
 pub mod lock;
 pub mod maint;
+pub mod rtt;
 pub mod services;
+pub mod watch;
 
 use std::process::ExitCode;
 
@@ -46,6 +49,14 @@ pub enum Command {
     Reload(ReloadArgs),
     /// Run a command while holding a lock or semaphore
     Lock(lock::LockArgs),
+    /// Fire a user event
+    Event(event::EventArgs),
+    /// Run a handler whenever a view of the data changes
+    Watch(watch::WatchArgs),
+    /// Generate a new gossip encryption key
+    Keygen,
+    /// Estimated round-trip time between two nodes
+    Rtt(rtt::RttArgs),
     /// Print the version
     Version(VersionArgs),
 }
@@ -104,6 +115,13 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Maint(args) => maint::run(args).await,
         Command::Reload(args) => reload(&args).await,
         Command::Lock(args) => lock::run(args).await,
+        Command::Event(args) => event::run(args).await,
+        Command::Watch(args) => watch::run(args).await,
+        Command::Rtt(args) => rtt::run(args).await,
+        Command::Keygen => {
+            println!("{}", crate::gossip::keyring::generate());
+            0
+        }
         Command::Version(args) => version(&args),
     }
 }

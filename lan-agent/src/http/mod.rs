@@ -12,8 +12,10 @@
 mod agent;
 mod agent_local;
 mod catalog;
+mod coordinate;
 pub mod decode;
 pub mod error;
+mod event;
 mod health;
 mod kv;
 pub mod params;
@@ -63,6 +65,8 @@ pub struct HttpState {
     pub rpc: Arc<dyn Rpc>,
     /// This agent's own services and checks.
     pub local: Arc<crate::local::LocalAgent>,
+    /// User events this agent keeps and fires.
+    pub events: Arc<crate::events::Events>,
     pub reload: ReloadFn,
     pub info: Arc<AgentInfo>,
     pub telemetry: Telemetry,
@@ -107,6 +111,8 @@ pub fn router(state: HttpState) -> Router {
         .merge(status::router())
         .merge(agent::router())
         .merge(agent_local::router())
+        .merge(event::router())
+        .merge(coordinate::router())
         .fallback(unknown_path)
         .layer(middleware::from_fn(consul_rules))
         .with_state(state)
@@ -302,7 +308,10 @@ pub(crate) async fn read(
     query: Query,
 ) -> Result<(Params, ReadResponse), ApiError> {
     let params = Params::parse(uri.query());
-    let options = params.query_options(headers)?;
+    let mut options = params.query_options(headers)?;
+    if options.near == "_agent" {
+        options.near = st.info.node_name.clone();
+    }
     let resp = st.rpc.read(ReadRequest { query, options }).await?;
     Ok((params, resp))
 }

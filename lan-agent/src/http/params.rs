@@ -67,6 +67,7 @@ impl Params {
         let mut opts = QueryOptions {
             datacenter: self.value("dc").unwrap_or_default().to_string(),
             token: token(self, headers),
+            near: self.value("near").unwrap_or_default().to_string(),
             ..QueryOptions::default()
         };
         if let Some(wait) = self.value("wait") {

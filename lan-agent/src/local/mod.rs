@@ -528,6 +528,20 @@ impl LocalAgent {
     }
 }
 
+impl crate::events::LocalServices for LocalAgent {
+    fn node(&self) -> String {
+        self.config.node.clone()
+    }
+
+    fn services(&self) -> Vec<(String, Vec<String>)> {
+        self.state
+            .services()
+            .into_iter()
+            .map(|s| (s.service.service, s.service.tags))
+            .collect()
+    }
+}
+
 /// Consul adds `lan_ipv4`/`wan_ipv4` (or `_ipv6`) tagged addresses for a service whose
 /// address is an IP, unless it set them itself.
 fn add_ip_tagged_addresses(svc: &mut cairn_shared::api::NodeService) {

@@ -7,6 +7,7 @@
 //! [`crate::catalog::Store::apply`], so it is replicated deterministically.
 
 pub mod consensus;
+mod coordinates;
 mod sessions;
 mod tombstones;
 
@@ -41,6 +42,8 @@ pub struct ServerConfig {
     pub session_ttl_min: Duration,
     /// How long a deleted key's tombstone keeps its prefix index from going back.
     pub tombstone_ttl: Duration,
+    /// How often queued coordinate updates are written (Consul: 5s).
+    pub coordinate_batch_period: Duration,
 }
 
 impl ServerConfig {
@@ -51,6 +54,7 @@ impl ServerConfig {
             max_query_time: Duration::from_secs(600),
             session_ttl_min: Duration::from_secs(10),
             tombstone_ttl: Duration::from_secs(15 * 60),
+            coordinate_batch_period: Duration::from_secs(5),
         }
     }
 }
@@ -82,6 +86,7 @@ struct Inner {
     timers: SessionTimers,
     /// Ends blocking queries early when the agent stops.
     shutdown: CancellationToken,
+    coordinates: coordinates::Pending,
 }
 
 impl Server {
@@ -104,6 +109,7 @@ impl Server {
                 clock,
                 timers,
                 shutdown: shutdown.clone(),
+                coordinates: coordinates::Pending::default(),
             }),
         };
         let s = server.clone();
@@ -112,6 +118,10 @@ impl Server {
         let s = server.clone();
         let stop = shutdown.clone();
         tasks.spawn(async move { tombstones::reap_loop(s, stop).await });
+        let s = server.clone();
+        let stop = shutdown.clone();
+        let period = server.inner.config.coordinate_batch_period;
+        tasks.spawn(async move { coordinates::flush_loop(s, period, stop).await });
         server
             .inner
             .timers
@@ -270,7 +280,10 @@ impl Rpc for Server {
             // Register before reading so a write landing in between still wakes us.
             let watch = (!keys.is_empty() && min_index > 0 && !timed_out)
                 .then(|| self.inner.state.hub().watch(keys.clone()));
-            let (index, result) = self.inner.state.read(|s| s.query(&req.query))?;
+            let (index, result) = self
+                .inner
+                .state
+                .read(|s| s.query(&req.query, &req.options.near))?;
             let Some(watch) = watch.filter(|_| index <= min_index) else {
                 return Ok(ReadResponse {
                     meta: self.meta(index, &req),
@@ -289,6 +302,10 @@ impl Rpc for Server {
         self.check_dc(&req.datacenter)?;
         let op = match req.op {
             WriteOp::SessionRenew { id } => return self.renew(&id),
+            WriteOp::CoordinateUpdate(entry) => {
+                self.inner.coordinates.push(entry)?;
+                return Ok(WriteResult::Bool(true));
+            }
             WriteOp::SessionCreate(s) => WriteOp::SessionCreate(self.prepare_session(s)?),
             other => other,
         };

@@ -332,3 +332,12 @@ impl AgentService {
         }
     }
 }
+
+/// A node's network coordinate (`/v1/coordinate/nodes`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct CoordinateEntry {
+    pub node: String,
+    pub segment: String,
+    pub coord: Option<crate::coordinate::Coordinate>,
+}

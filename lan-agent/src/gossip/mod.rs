@@ -1,0 +1,3 @@
+//! LAN gossip: membership, failure detection, user events and encryption.
+
+pub mod keyring;

@@ -1,0 +1,67 @@
+//! `/v1/event/fire/:name` and `/v1/event/list`: user events, answered by this agent.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::routing::{get, put};
+use cairn_shared::rpc::{Consistency, QueryMeta};
+
+use super::error::{ApiError, ApiResult};
+use super::{HttpState, Params, json, methods, path_tail, query_json, read_body};
+
+pub(super) fn router() -> Router<HttpState> {
+    Router::new()
+        .route("/v1/event/fire/", methods(put(fire), "PUT"))
+        .route("/v1/event/fire/{*name}", methods(put(fire), "PUT"))
+        .route("/v1/event/list", methods(get(list), "GET"))
+}
+
+async fn fire(State(st): State<HttpState>, req: Request) -> ApiResult {
+    let name = path_tail(req.uri(), "/v1/event/fire/", "Missing name")?;
+    let params = Params::parse(req.uri().query());
+    let filters = ["node", "service", "tag"].map(|k| params.get(k).unwrap_or_default().to_string());
+    let declared = super::content_length(req.headers());
+    let body = read_body(req.into_body(), declared, 9 * 1024, |n| {
+        ApiError::too_large(format!("Request body({n} bytes) too large"))
+    })
+    .await?;
+    let payload = (!body.is_empty()).then(|| body.to_vec());
+    let event = st
+        .events
+        .prepare(&name, payload, filters)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    st.events.fire(event.clone(), st.local.as_ref());
+    Ok(json(&st, &params, StatusCode::OK, &event))
+}
+
+async fn list(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    let params = Params::parse(uri.query());
+    let options = params.query_options(&headers)?;
+    let name = params.value("name").map(str::to_string);
+    let mut changes = st.events.subscribe();
+    let (mut index, mut events) = st.events.list(name.as_deref());
+    // Blocking: wait until the newest event differs from the one the client saw.
+    if options.min_index > 0 && index == options.min_index {
+        let wait = options
+            .max_wait
+            .unwrap_or(Duration::from_secs(300))
+            .min(Duration::from_secs(600));
+        let deadline = tokio::time::Instant::now() + wait + wait / 16;
+        while index == options.min_index {
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+            (index, events) = st.events.list(name.as_deref());
+        }
+    }
+    let meta = QueryMeta {
+        index,
+        known_leader: true,
+        last_contact_ms: 0,
+        consistency: Consistency::Default,
+    };
+    Ok(query_json(&st, &params, &meta, &events))
+}

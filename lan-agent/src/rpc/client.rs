@@ -1,0 +1,213 @@
+//! The client side of the RPC port: one multiplexed connection per server, reused for every
+//! request, and [`ClientRpc`], which sends a client agent's reads and writes to a random live
+//! server and tries another when one fails.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cairn_shared::rpc::{ReadRequest, ReadResponse, RpcError, WriteRequest, WriteResult};
+use futures_util::{SinkExt, StreamExt};
+use rand::seq::SliceRandom;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+
+use super::{Body, PROTO_RPC, Reply, Request, Response, codec, decode, encode};
+use crate::server::Rpc;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Extra time a blocking read may take over its wait before the client gives up on it.
+const READ_MARGIN: Duration = Duration::from_secs(15);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Consul's `rpc_hold_timeout`: how long to keep trying servers before giving up.
+const HOLD_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// Why a call failed.
+#[derive(Debug)]
+pub enum CallError {
+    /// The server could not be reached or the connection broke: try another.
+    Transport(String),
+    /// The server answered with an error.
+    Remote(RpcError),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, RpcError>>>>>;
+
+struct Conn {
+    tx: mpsc::Sender<bytes::Bytes>,
+    pending: Pending,
+}
+
+/// Connections to servers, shared by all calls.
+#[derive(Default)]
+pub struct RpcClient {
+    conns: Mutex<HashMap<SocketAddr, Arc<Conn>>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for RpcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcClient").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each critical section is one map operation; a poisoned map is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RpcClient {
+    async fn conn(&self, addr: SocketAddr) -> Result<Arc<Conn>, CallError> {
+        if let Some(c) = lock(&self.conns).get(&addr).filter(|c| !c.tx.is_closed()) {
+            return Ok(c.clone());
+        }
+        let mut stream =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| CallError::Transport(format!("connecting to {addr}: timed out")))?
+                .map_err(|e| CallError::Transport(format!("connecting to {addr}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        stream
+            .write_all(&[PROTO_RPC])
+            .await
+            .map_err(|e| CallError::Transport(format!("{addr}: {e}")))?;
+        let (mut sink, mut frames) = Framed::new(stream, codec()).split();
+        let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(256);
+        let pending: Pending = Arc::default();
+        tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if sink.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let reader_pending = pending.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = frames.next().await {
+                let Ok(resp) = decode::<Response>(&frame) else {
+                    break;
+                };
+                if let Some(waiter) = lock(&reader_pending).remove(&resp.id) {
+                    let _ = waiter.send(resp.result);
+                }
+            }
+            // The connection is gone: every waiter learns it (their senders drop here).
+            lock(&reader_pending).clear();
+        });
+        let conn = Arc::new(Conn { tx, pending });
+        lock(&self.conns).insert(addr, conn.clone());
+        Ok(conn)
+    }
+
+    fn forget(&self, addr: SocketAddr) {
+        lock(&self.conns).remove(&addr);
+    }
+
+    /// Sends one request to `addr` and waits up to `timeout` for its answer.
+    pub async fn call(
+        &self,
+        addr: SocketAddr,
+        body: Body,
+        timeout: Duration,
+    ) -> Result<Reply, CallError> {
+        let conn = self.conn(addr).await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = encode(&Request { id, body }).map_err(CallError::Remote)?;
+        let (tx, rx) = oneshot::channel();
+        lock(&conn.pending).insert(id, tx);
+        if conn.tx.send(frame).await.is_err() {
+            self.forget(addr);
+            return Err(CallError::Transport(format!("{addr}: connection closed")));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result.map_err(CallError::Remote),
+            Ok(Err(_)) => {
+                self.forget(addr);
+                Err(CallError::Transport(format!("{addr}: connection lost")))
+            }
+            Err(_) => {
+                lock(&conn.pending).remove(&id);
+                Err(CallError::Transport(format!(
+                    "{addr}: no answer in {timeout:?}"
+                )))
+            }
+        }
+    }
+}
+
+/// Where a client agent finds servers: the live servers of its datacenter.
+pub trait ServerSource: Send + Sync + std::fmt::Debug {
+    fn servers(&self) -> Vec<SocketAddr>;
+}
+
+/// A fixed list of servers.
+#[derive(Debug, Clone)]
+pub struct StaticServers(pub Vec<SocketAddr>);
+
+impl ServerSource for StaticServers {
+    fn servers(&self) -> Vec<SocketAddr> {
+        self.0.clone()
+    }
+}
+
+/// A client agent's [`Rpc`]: each request goes to a random live server; if that server
+/// cannot be reached, another is tried until the hold timeout.
+#[derive(Debug)]
+pub struct ClientRpc {
+    servers: Arc<dyn ServerSource>,
+    client: Arc<RpcClient>,
+}
+
+impl ClientRpc {
+    pub fn new(servers: Arc<dyn ServerSource>, client: Arc<RpcClient>) -> Self {
+        Self { servers, client }
+    }
+
+    async fn call(&self, body: Body, timeout: Duration) -> Result<Reply, RpcError> {
+        let deadline = tokio::time::Instant::now() + HOLD_TIMEOUT;
+        let mut last = String::from("no known servers");
+        loop {
+            let mut servers = self.servers.servers();
+            servers.shuffle(&mut rand::rng());
+            for addr in servers {
+                match self.client.call(addr, body.clone(), timeout).await {
+                    Ok(reply) => return Ok(reply),
+                    Err(CallError::Remote(e)) => return Err(e),
+                    Err(CallError::Transport(e)) => {
+                        tracing::debug!(server = %addr, error = %e, "RPC failed; trying another server");
+                        last = e;
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RpcError::internal(format!(
+                    "No known Consul servers: {last}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Rpc for ClientRpc {
+    async fn read(&self, req: ReadRequest) -> Result<ReadResponse, RpcError> {
+        let wait = req.options.max_wait.unwrap_or(Duration::from_secs(300));
+        let timeout = wait + wait / 16 + READ_MARGIN;
+        match self.call(Body::Read(req), timeout).await? {
+            Reply::Read(r) => Ok(r),
+            Reply::Write(_) => Err(RpcError::internal("a read was answered as a write")),
+        }
+    }
+
+    async fn write(&self, req: WriteRequest) -> Result<WriteResult, RpcError> {
+        match self.call(Body::Write(req), WRITE_TIMEOUT).await? {
+            Reply::Write(r) => Ok(r),
+            Reply::Read(_) => Err(RpcError::internal("a write was answered as a read")),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The server side of the RPC port: accepts connections, answers each request in its own
+//! task through the server's [`Rpc`], and writes the answers back tagged with their IDs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{Body, METRIC_BAD_FRAMES, PROTO_RPC, Reply, Request, Response, codec, decode, encode};
+use crate::server::Rpc;
+
+/// How long a new connection may take to say which protocol it speaks.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests one connection may have in flight (blocking queries included).
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// Accepts RPC connections until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    rpc: Arc<dyn Rpc>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting an RPC connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let rpc = rpc.clone();
+        let stop = shutdown.clone();
+        let inner = tasks.clone();
+        tasks.spawn(async move {
+            if let Err(why) = connection(stream, rpc, inner, stop).await {
+                metrics::counter!(METRIC_BAD_FRAMES).increment(1);
+                tracing::debug!(%peer, why, "RPC connection closed");
+            }
+        });
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    rpc: Arc<dyn Rpc>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) -> Result<(), &'static str> {
+    let _ = stream.set_nodelay(true);
+    let mut hello = [0u8; 1];
+    match tokio::time::timeout(HELLO_TIMEOUT, stream.read_exact(&mut hello)).await {
+        Ok(Ok(_)) if hello[0] == PROTO_RPC => {}
+        Ok(Ok(_)) => return Err("unknown protocol byte"),
+        _ => return Err("no protocol byte"),
+    }
+    let (mut sink, mut frames) = Framed::new(stream, codec()).split();
+    let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(256);
+    let writer = tasks.spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if sink.send(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let result = loop {
+        let frame = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            f = frames.next() => f,
+        };
+        let frame = match frame {
+            None => break Ok(()),
+            Some(Err(_)) => break Err("bad frame"),
+            Some(Ok(f)) => f,
+        };
+        let Ok(req) = decode::<Request>(&frame) else {
+            break Err("undecodable request");
+        };
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            break Ok(());
+        };
+        let (rpc, tx) = (rpc.clone(), tx.clone());
+        tasks.spawn(async move {
+            let result = match req.body {
+                Body::Read(r) => rpc.read(r).await.map(Reply::Read),
+                Body::Write(w) => rpc.write(w).await.map(Reply::Write),
+            };
+            let resp = Response { id: req.id, result };
+            if let Ok(bytes) = encode(&resp) {
+                let _ = tx.send(bytes).await;
+            }
+            drop(permit);
+        });
+    };
+    drop(tx);
+    let _ = writer.await;
+    result
+}
