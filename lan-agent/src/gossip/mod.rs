@@ -1,3 +1,4 @@
 //! LAN gossip: membership, failure detection, user events and encryption.
 
 pub mod keyring;
+pub mod swim;
