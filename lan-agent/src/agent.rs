@@ -7,23 +7,29 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use cairn_shared::api::{self, CheckStatus, HealthCheck, NodeService, RegisterRequest};
-use cairn_shared::rpc::WriteOp;
+use cairn_shared::api::{
+    self, CheckStatus, CoordinateEntry, HealthCheck, NodeService, RegisterRequest,
+};
+use cairn_shared::rpc::{WriteOp, WriteRequest};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::catalog::{CommandOp, StateStore};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, GossipTuning};
 use crate::dns::{self, DnsSettings};
 use crate::events::Events;
+use crate::gossip::{Gossip, GossipConfig, Keyring, MemberStatus, NetTransport, Snapshot};
 use crate::http::{self, AgentInfo, HttpState, ReloadFn, Stats, StatsFn};
 use crate::local::persist::Persist;
 use crate::local::sync::{AntiEntropy, NodeInfo};
 use crate::local::{LocalAgent, LocalConfig, LocalError};
+use crate::rpc::{self, client::ClientRpc, client::RpcClient, client::ServerSource};
+use crate::server::reconcile::reconcile_loop;
 use crate::server::{DevConsensus, Rpc, Server, ServerConfig};
 use crate::telemetry::{Telemetry, names};
 use crate::version;
@@ -55,9 +61,13 @@ pub enum AgentError {
         source: std::io::Error,
     },
     #[error(
-        "server agents with a data directory need Raft, which this build does not have yet; run `cairn agent -dev`"
+        "server agents with a data directory need Raft, which this build does not have yet; run `cairn agent -dev` for the server"
     )]
     NoRaftYet,
+    #[error("gossip: {0}")]
+    Gossip(String),
+    #[error("failed to join: {0}")]
+    Join(String),
     #[error("registering this node failed: {0}")]
     Register(String),
     #[error("{0}")]
@@ -76,11 +86,16 @@ pub struct AgentHandle {
     pub http_addr: Option<SocketAddr>,
     /// Where DNS listens (UDP and TCP), if enabled.
     pub dns_addr: Option<SocketAddr>,
+    /// The server RPC address (servers only).
+    pub rpc_addr: Option<SocketAddr>,
     pub node_name: String,
     pub node_id: String,
     pub server: Option<Server>,
     pub local: Arc<LocalAgent>,
+    pub gossip: Gossip,
     reload: ReloadFn,
+    /// Why the agent stopped itself, if it did (`-retry-max` exhausted).
+    fatal: Arc<OnceLock<String>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -96,6 +111,24 @@ impl AgentHandle {
         self.shutdown.cancel();
     }
 
+    /// Leaves the gossip pool gracefully (members see `left`, not `failed`), then stops.
+    pub async fn leave(&self) {
+        if let Err(e) = self.gossip.leave().await {
+            tracing::warn!(error = %e, "graceful leave failed");
+        }
+        self.shutdown.cancel();
+    }
+
+    /// Resolves when the agent is stopping, whoever asked (a signal, `/v1/agent/leave`).
+    pub async fn stopping(&self) {
+        self.shutdown.cancelled().await;
+    }
+
+    /// Why the agent stopped itself, if it was not asked to.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.get().cloned()
+    }
+
     /// Waits until every task of the agent has finished (after [`Self::shutdown`]).
     pub async fn stopped(self) {
         self.tasks.close();
@@ -103,33 +136,33 @@ impl AgentHandle {
     }
 }
 
-/// Starts an agent. Returns once its listeners are bound and its node is registered.
+/// Starts an agent. Returns once its listeners are bound, gossip runs, `-join` has
+/// succeeded and (on servers) its node is registered. On failure, whatever was started
+/// is stopped.
 pub async fn start(
     config: Config,
     deps: Deps,
     shutdown: CancellationToken,
 ) -> Result<AgentHandle, AgentError> {
+    let started = start_parts(config, deps, shutdown.clone()).await;
+    if started.is_err() {
+        shutdown.cancel();
+    }
+    started
+}
+
+async fn start_parts(
+    config: Config,
+    deps: Deps,
+    shutdown: CancellationToken,
+) -> Result<AgentHandle, AgentError> {
     config.validate()?;
-    if !config.dev {
+    if config.server && !config.dev {
         return Err(AgentError::NoRaftYet);
     }
     let tasks = TaskTracker::new();
     let node_id = node_id(&config)?;
-    let state = Arc::new(StateStore::new());
-    let consensus = Arc::new(DevConsensus::new(
-        state.clone(),
-        config.rpc_addr().to_string(),
-    ));
-    let server = Server::start(
-        server_config(&config),
-        state,
-        consensus,
-        deps.clock.clone(),
-        &tasks,
-        shutdown.clone(),
-    );
-    register_self(&server, &config, &node_id).await?;
-    let rpc: Arc<dyn Rpc> = Arc::new(server.clone());
+    let fatal = Arc::new(OnceLock::new());
 
     let local = LocalAgent::new(
         LocalConfig {
@@ -150,6 +183,83 @@ pub async fn start(
             "restored services and checks registered through the API"
         );
     }
+    let events = Arc::new(Events::default());
+    // Members from before a restart. As in Serf, a graceful leave forgets them unless
+    // -rejoin is given.
+    let known = match config
+        .data_dir
+        .as_ref()
+        .and_then(|d| Snapshot::load(&snapshot_path(d)))
+    {
+        Some(s) if s.left && !config.rejoin_after_leave => {
+            tracing::info!("left the pool before the restart; not rejoining (see -rejoin)");
+            BTreeMap::new()
+        }
+        Some(s) => s.members,
+        None => BTreeMap::new(),
+    };
+
+    // Listeners first, so the gossip tags carry the ports actually bound.
+    let http_listener = match config.http_addr() {
+        Some(addr) => Some(bind_tcp("HTTP", addr).await?),
+        None => None,
+    };
+    let server = match config.server {
+        true => Some(start_server(&config, &node_id, &deps, &tasks, &shutdown).await?),
+        false => None,
+    };
+    let rpc_addr = server.as_ref().map(|(_, addr)| *addr);
+    let http_port = http_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
+    let gossip = start_gossip(
+        &config,
+        &node_id,
+        rpc_addr,
+        http_port,
+        known.clone(),
+        events.clone(),
+        local.clone(),
+        &tasks,
+        &shutdown,
+    )
+    .await?;
+    let server = server.map(|(s, _)| s);
+
+    let rpc: Arc<dyn Rpc> = match &server {
+        Some(s) => {
+            tasks.spawn(reconcile_loop(
+                s.clone(),
+                gossip.clone(),
+                config.datacenter.clone(),
+                shutdown.clone(),
+            ));
+            Arc::new(s.clone())
+        }
+        None => Arc::new(ClientRpc::new(
+            Arc::new(GossipServers {
+                gossip: gossip.clone(),
+                datacenter: config.datacenter.clone(),
+            }),
+            Arc::new(RpcClient::default()),
+        )),
+    };
+    let rejoin: Vec<String> = known.into_values().collect();
+    join_at_start(&config, rejoin, &gossip, &tasks, &shutdown, &fatal).await?;
+    tasks.spawn(send_coordinates(
+        rpc.clone(),
+        gossip.clone(),
+        config.node_name.clone(),
+        config.datacenter.clone(),
+        if config.dev {
+            DEV_COORDINATE_INTERVAL
+        } else {
+            COORDINATE_INTERVAL
+        },
+        shutdown.clone(),
+    ));
+
     let sync = AntiEntropy {
         state: local.state.clone(),
         rpc: rpc.clone(),
@@ -158,27 +268,21 @@ pub async fn start(
     };
     tasks.spawn(sync.run(shutdown.clone()));
     let reload = reload_fn(&config, local.clone());
-    let events = Arc::new(Events::default());
 
-    let http_addr = match config.http_addr() {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| AgentError::Bind {
-                    what: "HTTP",
-                    addr,
-                    source,
-                })?;
-            let bound = listener.local_addr().unwrap_or(addr);
+    let http_addr = match http_listener {
+        Some(listener) => {
+            let bound = listener.local_addr().ok();
             let state = HttpState {
                 rpc: rpc.clone(),
                 local: local.clone(),
                 events: events.clone(),
+                gossip: gossip.clone(),
+                shutdown: shutdown.clone(),
                 reload: reload.clone(),
-                info: Arc::new(agent_info(&config, &node_id)),
+                info: Arc::new(agent_info(&config, &node_id, &gossip)),
                 telemetry: deps.telemetry.clone(),
                 limits: config.limits.clone(),
-                stats: stats_fn(&config, server.clone()),
+                stats: stats_fn(&config, server.clone(), gossip.clone()),
                 started: Instant::now(),
             };
             let app = http::router(state);
@@ -190,7 +294,7 @@ pub async fn start(
                     tracing::error!(error = %e, "HTTP server failed");
                 }
             });
-            Some(bound)
+            bound
         }
         None => None,
     };
@@ -214,18 +318,342 @@ pub async fn start(
         None => None,
     };
     tasks.spawn(deps.telemetry.clone().upkeep(shutdown.clone()));
-    tasks.spawn(gauges(server.clone(), shutdown.clone()));
+    if let Some(s) = &server {
+        tasks.spawn(gauges(s.clone(), shutdown.clone()));
+    }
     Ok(AgentHandle {
         http_addr,
         dns_addr,
+        rpc_addr,
         node_name: config.node_name.clone(),
         node_id,
-        server: Some(server),
+        server,
         local,
+        gossip,
         reload,
+        fatal,
         tasks,
         shutdown,
     })
+}
+
+async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AgentError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AgentError::Bind { what, addr, source })
+}
+
+/// The server endpoint, its RPC port, and this node in the catalog. Returns the RPC
+/// address other agents use.
+async fn start_server(
+    config: &Config,
+    node_id: &str,
+    deps: &Deps,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(Server, SocketAddr), AgentError> {
+    let listener = bind_tcp(
+        "server RPC",
+        SocketAddr::new(config.bind_addr, config.ports.server),
+    )
+    .await?;
+    let port = listener
+        .local_addr()
+        .map_or(config.ports.server, |a| a.port());
+    let advertised = SocketAddr::new(config.advertise(), port);
+    let state = Arc::new(StateStore::new());
+    let consensus = Arc::new(DevConsensus::new(state.clone(), advertised.to_string()));
+    let server = Server::start(
+        server_config(config),
+        state,
+        consensus,
+        deps.clock.clone(),
+        tasks,
+        shutdown.clone(),
+    );
+    tasks.spawn(rpc::server::serve(
+        listener,
+        Arc::new(server.clone()),
+        tasks.clone(),
+        shutdown.clone(),
+    ));
+    register_self(&server, config, node_id, port).await?;
+    Ok((server, advertised))
+}
+
+/// Binds the gossip port and starts gossip with this agent's tags and keyring.
+#[allow(clippy::too_many_arguments)]
+async fn start_gossip(
+    config: &Config,
+    node_id: &str,
+    rpc_addr: Option<SocketAddr>,
+    http_port: Option<u16>,
+    known: BTreeMap<String, String>,
+    events: Arc<Events>,
+    local: Arc<LocalAgent>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<Gossip, AgentError> {
+    let bind = SocketAddr::new(config.bind_addr, config.ports.serf_lan);
+    let transport = NetTransport::bind(bind, Some(config.advertise()))
+        .await
+        .map_err(|source| AgentError::Bind {
+            what: "LAN gossip",
+            addr: bind,
+            source,
+        })?;
+    let mut g = if config.dev {
+        GossipConfig::dev(&config.node_name)
+    } else {
+        GossipConfig::lan(&config.node_name)
+    };
+    tune(&mut g.swim, &config.gossip_lan);
+    g.reconnect_timeout = config.reconnect_timeout;
+    g.tags = gossip_tags(config, node_id, rpc_addr, http_port);
+    g.keyring = keyring(config)?;
+    if let Some(dir) = &config.data_dir {
+        g.keyring_path = Some(Keyring::file(dir));
+        g.snapshot_path = Some(snapshot_path(dir));
+        g.known = known;
+    }
+    Gossip::start(
+        g,
+        Arc::new(transport),
+        events,
+        local,
+        tasks,
+        shutdown.clone(),
+    )
+    .map_err(|e| AgentError::Gossip(e.to_string()))
+}
+
+/// Where the members known before a restart are kept (Serf's snapshot).
+fn snapshot_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("serf").join("local.snapshot")
+}
+
+fn tune(swim: &mut crate::gossip::swim::Config, t: &GossipTuning) {
+    if let Some(v) = t.gossip_interval {
+        swim.gossip_interval = v;
+    }
+    if let Some(v) = t.gossip_nodes {
+        swim.gossip_nodes = v;
+    }
+    if let Some(v) = t.probe_interval {
+        swim.probe_interval = v;
+    }
+    if let Some(v) = t.probe_timeout {
+        swim.probe_timeout = v;
+    }
+    if let Some(v) = t.suspicion_mult {
+        swim.suspicion_mult = v;
+    }
+    if let Some(v) = t.retransmit_mult {
+        swim.retransmit_mult = v;
+    }
+}
+
+/// The keyring: the saved one if there is one (Consul ignores `-encrypt` then), else the
+/// `-encrypt` key, saved for next time.
+fn keyring(config: &Config) -> Result<Keyring, AgentError> {
+    let err = |e: crate::gossip::keyring::KeyError| AgentError::Gossip(e.to_string());
+    let path = config.data_dir.as_deref().map(Keyring::file);
+    if let Some(path) = &path
+        && let Some(ring) = Keyring::load(path).map_err(err)?
+    {
+        if config.encrypt.is_some() {
+            tracing::warn!(path = %path.display(), "loaded the keyring file; ignoring -encrypt");
+        }
+        return Ok(ring);
+    }
+    let Some(key) = &config.encrypt else {
+        return Ok(Keyring::default());
+    };
+    let ring = Keyring::with_primary(crate::gossip::keyring::parse_key(key).map_err(err)?);
+    if let Some(path) = &path {
+        ring.save(path).map_err(err)?;
+    }
+    Ok(ring)
+}
+
+/// Serf tags as Consul's agents set them (role, datacenter, ID, versions, RPC port on
+/// servers), plus this agent's HTTP port.
+fn gossip_tags(
+    config: &Config,
+    node_id: &str,
+    rpc_addr: Option<SocketAddr>,
+    http_port: Option<u16>,
+) -> BTreeMap<String, String> {
+    let mut t: BTreeMap<String, String> = [
+        (
+            "role",
+            if config.server { "consul" } else { "node" }.to_string(),
+        ),
+        ("dc", config.datacenter.clone()),
+        ("segment", String::new()),
+        ("id", node_id.to_string()),
+        ("vsn", "2".to_string()),
+        ("vsn_min", "2".to_string()),
+        ("vsn_max", "3".to_string()),
+        (
+            "build",
+            format!("{}:{}", version::VERSION, version::REVISION),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if let Some(addr) = rpc_addr {
+        t.insert("port".into(), addr.port().to_string());
+        t.insert("raft_vsn".into(), "3".into());
+        t.insert("acls".into(), "0".into());
+        if config.bootstrap {
+            t.insert("bootstrap".into(), "1".into());
+        }
+        if let Some(n) = config.bootstrap_expect {
+            t.insert("expect".into(), n.to_string());
+        }
+    }
+    if let Some(p) = http_port {
+        t.insert("http_port".into(), p.to_string());
+    }
+    t
+}
+
+/// `-join` (fatal when nobody answers), `-retry-join` (in the background), and the rejoin
+/// of members saved before a restart.
+async fn join_at_start(
+    config: &Config,
+    rejoin: Vec<String>,
+    gossip: &Gossip,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+    fatal: &Arc<OnceLock<String>>,
+) -> Result<(), AgentError> {
+    if !config.start_join.is_empty() {
+        let joined = gossip
+            .join(&config.start_join)
+            .await
+            .map_err(|e| AgentError::Join(e.to_string()))?;
+        if joined == 0 {
+            return Err(AgentError::Join(format!(
+                "no agent answered at {}",
+                config.start_join.join(", ")
+            )));
+        }
+        tracing::info!(joined, "join completed");
+    }
+    if !config.retry_join.is_empty() {
+        tasks.spawn(retry_join(
+            gossip.clone(),
+            config.retry_join.clone(),
+            config.retry_interval,
+            config.retry_max,
+            shutdown.clone(),
+            fatal.clone(),
+        ));
+    }
+    if !rejoin.is_empty() {
+        let gossip = gossip.clone();
+        tasks.spawn(async move {
+            match gossip.join(&rejoin).await {
+                Ok(n) => tracing::info!(rejoined = n, "rejoined previously known members"),
+                Err(e) => tracing::warn!(error = %e, "rejoining previously known members failed"),
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn retry_join(
+    gossip: Gossip,
+    addrs: Vec<String>,
+    interval: Duration,
+    max: u32,
+    shutdown: CancellationToken,
+    fatal: Arc<OnceLock<String>>,
+) {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match gossip.join(&addrs).await {
+            Ok(n) if n > 0 => {
+                tracing::info!(joined = n, attempt, "retry-join completed");
+                return;
+            }
+            Ok(_) => tracing::warn!(attempt, "retry-join: no agent answered"),
+            Err(e) => tracing::warn!(attempt, error = %e, "retry-join failed"),
+        }
+        if max > 0 && attempt >= max {
+            let _ = fatal.set(format!("max join retry exhausted after {attempt} attempts"));
+            tracing::error!("max join retry exhausted, exiting");
+            shutdown.cancel();
+            return;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Consul's coordinate sync: the minimum period, stretched for big pools to keep servers at
+/// about 64 updates a second, plus a random stagger of up to the same again.
+const COORDINATE_INTERVAL: Duration = Duration::from_secs(15);
+const DEV_COORDINATE_INTERVAL: Duration = Duration::from_secs(1);
+const COORDINATE_RATE: f64 = 64.0;
+const FIRST_COORDINATE: Duration = Duration::from_secs(2);
+
+async fn send_coordinates(
+    rpc: Arc<dyn Rpc>,
+    gossip: Gossip,
+    node: String,
+    datacenter: String,
+    min: Duration,
+    shutdown: CancellationToken,
+) {
+    // The first update goes out after a few probes rather than a full period, so a new
+    // agent shows up in `/v1/coordinate/nodes` (and `?near`) soon.
+    let mut first = true;
+    loop {
+        let members = gossip.members().len() as f64;
+        let base = if first {
+            FIRST_COORDINATE.min(min)
+        } else {
+            min.max(Duration::from_secs_f64(members / COORDINATE_RATE))
+        };
+        first = false;
+        let wait = base + base.mul_f64(rand::random::<f64>());
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let req = WriteRequest {
+            datacenter: datacenter.clone(),
+            token: String::new(),
+            op: WriteOp::CoordinateUpdate(CoordinateEntry {
+                node: node.clone(),
+                segment: String::new(),
+                coord: Some(gossip.coordinate()),
+            }),
+        };
+        if let Err(e) = rpc.write(req).await {
+            tracing::debug!(error = %e, "sending this node's coordinate failed");
+        }
+    }
+}
+
+/// A client agent's servers: the live servers of its datacenter in the gossip pool.
+#[derive(Debug)]
+struct GossipServers {
+    gossip: Gossip,
+    datacenter: String,
+}
+
+impl ServerSource for GossipServers {
+    fn servers(&self) -> Vec<SocketAddr> {
+        self.gossip.servers(&self.datacenter)
+    }
 }
 
 /// How often anti-entropy compares the catalog with the local state in full.
@@ -326,7 +754,12 @@ fn server_config(config: &Config) -> ServerConfig {
 
 /// Registers this agent's node and its `serfHealth` check, as a Consul leader does for
 /// every live member.
-async fn register_self(server: &Server, config: &Config, node_id: &str) -> Result<(), AgentError> {
+async fn register_self(
+    server: &Server,
+    config: &Config,
+    node_id: &str,
+    rpc_port: u16,
+) -> Result<(), AgentError> {
     let addr = config.advertise().to_string();
     let serf = HealthCheck {
         check_id: api::SERF_CHECK_ID.to_string(),
@@ -338,7 +771,7 @@ async fn register_self(server: &Server, config: &Config, node_id: &str) -> Resul
     let consul = config.server.then(|| NodeService {
         id: "consul".to_string(),
         service: "consul".to_string(),
-        port: config.ports.server,
+        port: rpc_port,
         ..NodeService::default()
     });
     let req = RegisterRequest {
@@ -360,15 +793,13 @@ async fn register_self(server: &Server, config: &Config, node_id: &str) -> Resul
         .map_err(|e| AgentError::Register(e.message))
 }
 
-fn agent_info(config: &Config, node_id: &str) -> AgentInfo {
+fn agent_info(config: &Config, node_id: &str, gossip: &Gossip) -> AgentInfo {
     AgentInfo {
         node_name: config.node_name.clone(),
         node_id: node_id.to_string(),
         datacenter: config.datacenter.clone(),
         server: config.server,
         dev: config.dev,
-        lan_addr: config.advertise().to_string(),
-        lan_port: config.ports.serf_lan,
         node_meta: node_meta(config),
         debug_config: serde_json::json!({
             "Datacenter": config.datacenter,
@@ -383,7 +814,7 @@ fn agent_info(config: &Config, node_id: &str) -> AgentInfo {
             "HTTPPort": config.ports.http.map_or(-1, i32::from),
             "DNSPort": config.ports.dns.map_or(-1, i32::from),
             "ServerPort": config.ports.server,
-            "SerfPortLAN": config.ports.serf_lan,
+            "SerfPortLAN": gossip.local_addr().port(),
             "DNSDomain": config.domain,
             "KVMaxValueSize": config.limits.kv_max_value_size,
             "TxnMaxReqLen": config.limits.txn_max_req_len,
@@ -391,11 +822,15 @@ fn agent_info(config: &Config, node_id: &str) -> AgentInfo {
     }
 }
 
-fn stats_fn(config: &Config, server: Server) -> StatsFn {
+fn stats_fn(config: &Config, server: Option<Server>, gossip: Gossip) -> StatsFn {
     let bootstrap = config.bootstrap;
+    let datacenter = config.datacenter.clone();
+    let encrypted = !config.encrypt.as_deref().unwrap_or_default().is_empty()
+        || config
+            .data_dir
+            .as_deref()
+            .is_some_and(|d| Keyring::file(d).exists());
     StatsFn(Arc::new(move || {
-        let status = server.status();
-        let applied = server.state().last_index().to_string();
         let s = |pairs: &[(&str, String)]| -> BTreeMap<String, String> {
             pairs
                 .iter()
@@ -420,42 +855,69 @@ fn stats_fn(config: &Config, server: Server) -> StatsFn {
                 ("version", version::VERSION.into()),
             ]),
         );
+        let members = gossip.members();
+        let count = |st: MemberStatus| members.iter().filter(|m| m.status == st).count();
         out.insert(
-            "consul".into(),
+            "serf_lan".into(),
             s(&[
-                ("acl", "disabled".into()),
-                ("bootstrap", bootstrap.to_string()),
-                ("known_datacenters", "1".into()),
-                ("leader", status.is_leader.to_string()),
-                (
-                    "leader_addr",
-                    status.leader_addr.clone().unwrap_or_default(),
-                ),
-                ("server", "true".into()),
+                ("members", members.len().to_string()),
+                ("failed", count(MemberStatus::Failed).to_string()),
+                ("left", count(MemberStatus::Left).to_string()),
+                ("encrypted", encrypted.to_string()),
             ]),
         );
-        out.insert(
-            "raft".into(),
-            s(&[
-                ("applied_index", applied.clone()),
-                ("commit_index", applied.clone()),
-                ("last_log_index", applied),
-                ("last_contact", format!("{}ms", status.last_contact_ms)),
-                (
-                    "num_peers",
-                    status.peers.len().saturating_sub(1).to_string(),
-                ),
-                (
-                    "state",
-                    if status.is_leader {
-                        "Leader"
-                    } else {
-                        "Follower"
-                    }
-                    .into(),
-                ),
-            ]),
-        );
+        match &server {
+            Some(server) => {
+                let status = server.status();
+                let applied = server.state().last_index().to_string();
+                out.insert(
+                    "consul".into(),
+                    s(&[
+                        ("acl", "disabled".into()),
+                        ("bootstrap", bootstrap.to_string()),
+                        ("known_datacenters", "1".into()),
+                        ("leader", status.is_leader.to_string()),
+                        (
+                            "leader_addr",
+                            status.leader_addr.clone().unwrap_or_default(),
+                        ),
+                        ("server", "true".into()),
+                    ]),
+                );
+                let state = if status.is_leader {
+                    "Leader"
+                } else {
+                    "Follower"
+                };
+                out.insert(
+                    "raft".into(),
+                    s(&[
+                        ("applied_index", applied.clone()),
+                        ("commit_index", applied.clone()),
+                        ("last_log_index", applied),
+                        ("last_contact", format!("{}ms", status.last_contact_ms)),
+                        (
+                            "num_peers",
+                            status.peers.len().saturating_sub(1).to_string(),
+                        ),
+                        ("state", state.into()),
+                    ]),
+                );
+            }
+            None => {
+                out.insert(
+                    "consul".into(),
+                    s(&[
+                        ("acl", "disabled".into()),
+                        (
+                            "known_servers",
+                            gossip.servers(&datacenter).len().to_string(),
+                        ),
+                        ("server", "false".into()),
+                    ]),
+                );
+            }
+        }
         out.insert(
             "runtime".into(),
             s(&[

@@ -61,17 +61,42 @@ pub struct Agent {
     pub http: SocketAddr,
     /// The DNS address (UDP and TCP), when the agent serves DNS.
     pub dns: Option<SocketAddr>,
+    /// The LAN gossip address, for `-join`.
+    pub serf: SocketAddr,
+    /// The server RPC address (dev agents and servers).
+    pub rpc: Option<SocketAddr>,
     pub node: String,
+    /// A client agent's data directory, removed with the handle.
+    pub data_dir: Option<PathBuf>,
+    client: bool,
     args: Vec<String>,
     log: PathBuf,
 }
 
-/// How to start an agent: `-dev` on free loopback ports plus extra flags.
-#[derive(Debug, Default, Clone)]
+/// How to start an agent: `-dev` (or a client agent) on free ports of a loopback address,
+/// plus extra flags.
+#[derive(Debug, Clone)]
 pub struct AgentOpts {
     /// Serve DNS on a free port.
     pub dns: bool,
     pub args: Vec<String>,
+    /// The loopback address everything binds to.
+    pub ip: Ipv4Addr,
+    /// A client agent (no `-dev`), with a data directory of its own.
+    pub client: bool,
+    pub node: Option<String>,
+}
+
+impl Default for AgentOpts {
+    fn default() -> Self {
+        Self {
+            dns: false,
+            args: Vec::new(),
+            ip: Ipv4Addr::LOCALHOST,
+            client: false,
+            node: None,
+        }
+    }
 }
 
 impl AgentOpts {
@@ -85,30 +110,69 @@ impl AgentOpts {
         self
     }
 
+    /// Binds to this loopback address (127.0.0.2, ...) instead of 127.0.0.1.
+    pub fn ip(mut self, ip: Ipv4Addr) -> Self {
+        self.ip = ip;
+        self
+    }
+
+    /// A client agent rather than `-dev`.
+    pub fn client(mut self) -> Self {
+        self.client = true;
+        self
+    }
+
+    pub fn node(mut self, name: impl Into<String>) -> Self {
+        self.node = Some(name.into());
+        self
+    }
+
     pub async fn start(self) -> anyhow::Result<Agent> {
-        let port = free_port(Ipv4Addr::LOCALHOST);
-        let node = format!("node-{port}");
-        let mut args: Vec<String> = vec![
-            "agent".into(),
-            "-dev".into(),
+        let ip = self.ip;
+        let port = free_port(ip);
+        let serf = free_udp_tcp_port(ip);
+        let rpc = free_port(ip);
+        let node = self.node.unwrap_or_else(|| format!("node-{port}"));
+        let mut args: Vec<String> = vec!["agent".into()];
+        if !self.client {
+            args.push("-dev".into());
+        }
+        args.extend([
+            format!("-bind={ip}"),
+            format!("-client={ip}"),
             format!("-http-port={port}"),
+            format!("-serf-lan-port={serf}"),
+            format!("-server-port={rpc}"),
             format!("-node={node}"),
-        ];
+        ]);
+        let data_dir = self.client.then(|| {
+            let d = std::env::temp_dir().join(format!("cairn-client-{ip}-{port}"));
+            let _ = std::fs::remove_dir_all(&d);
+            d
+        });
+        if let Some(d) = &data_dir {
+            args.push(format!("-data-dir={}", d.display()));
+        }
         let dns = if self.dns {
-            let p = free_udp_tcp_port();
+            let p = free_udp_tcp_port(ip);
             args.push(format!("-dns-port={p}"));
-            Some(SocketAddr::from((Ipv4Addr::LOCALHOST, p)))
+            Some(SocketAddr::from((ip, p)))
         } else {
             args.push("-dns-port=-1".into());
             None
         };
         args.extend(self.args);
-        let log = std::env::temp_dir().join(format!("cairn-agent-{port}.log"));
+        let log = std::env::temp_dir().join(format!("cairn-agent-{ip}-{port}.log"));
+        let _ = std::fs::remove_file(&log);
         let mut agent = Agent {
             child: spawn(&args, &log)?,
-            http: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            http: SocketAddr::from((ip, port)),
             dns,
+            serf: SocketAddr::from((ip, serf)),
+            rpc: (!self.client).then(|| SocketAddr::from((ip, rpc))),
             node,
+            data_dir,
+            client: self.client,
             args,
             log,
         };
@@ -117,11 +181,11 @@ impl AgentOpts {
     }
 }
 
-/// A port free for both UDP and TCP on loopback a moment ago.
-fn free_udp_tcp_port() -> u16 {
+/// A port free for both UDP and TCP on `ip` a moment ago.
+pub fn free_udp_tcp_port(ip: Ipv4Addr) -> u16 {
     loop {
-        let p = free_port(Ipv4Addr::LOCALHOST);
-        if std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, p)).is_ok() {
+        let p = free_port(ip);
+        if std::net::UdpSocket::bind((ip, p)).is_ok() {
             return p;
         }
     }
@@ -156,7 +220,8 @@ impl Agent {
         opts.start().await
     }
 
-    /// Kills the process (`kill -9`) and starts it again with the same flags and ports.
+    /// Kills the process (`kill -9`) if it still runs and starts it again with the same
+    /// flags and ports.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -164,9 +229,34 @@ impl Agent {
         self.wait_ready(Duration::from_secs(20)).await
     }
 
+    /// Adds a flag for the next [`Self::restart`].
+    pub fn push_arg(&mut self, a: impl Into<String>) {
+        self.args.push(a.into());
+    }
+
     /// The agent's process ID.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// `kill -9`: the agent vanishes without a word to the pool.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits up to `within` for the process to exit by itself; its status if it did.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Sends a signal to the agent process.
@@ -184,7 +274,14 @@ impl Agent {
             if let Some(status) = self.child.try_wait()? {
                 bail!("agent exited early ({status}): {}", self.log_text());
             }
-            if let Ok(r) = client.get(self.url("/v1/status/leader")).send().await
+            // A dev agent is ready once it leads; a client once it answers (it may not
+            // have joined anyone yet).
+            let probe = if self.client {
+                "/v1/agent/self"
+            } else {
+                "/v1/status/leader"
+            };
+            if let Ok(r) = client.get(self.url(probe)).send().await
                 && r.status().is_success()
                 && r.text().await.unwrap_or_default().len() > 2
             {
@@ -229,6 +326,39 @@ impl Agent {
         self.cli().args(args).output().expect("running cairn")
     }
 
+    /// GETs `path` and decodes the JSON answer.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        http_client()
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("a JSON answer")
+    }
+
+    /// Member name → Serf status (1 alive, 2 leaving, 3 left, 4 failed) as this agent sees
+    /// its pool; empty when the agent does not answer.
+    pub async fn members(&self) -> std::collections::BTreeMap<String, u64> {
+        let Ok(r) = http_client()
+            .get(self.url("/v1/agent/members"))
+            .send()
+            .await
+        else {
+            return Default::default();
+        };
+        let list: Vec<serde_json::Value> = r.json().await.unwrap_or_default();
+        list.iter()
+            .map(|m| {
+                (
+                    m["Name"].as_str().unwrap_or_default().to_string(),
+                    m["Status"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
     /// An `rs-consul`-style base address.
     pub fn base(&self) -> String {
         format!("http://{}", self.http)
@@ -243,6 +373,9 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.log);
+        if let Some(d) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 

@@ -34,7 +34,7 @@ async fn self_status_and_metrics() {
         .json()
         .await
         .unwrap();
-    assert!(leader.ends_with(":8300"), "{leader}");
+    assert_eq!(leader, agent.rpc.unwrap().to_string());
     let peers: Vec<String> = http
         .get(agent.url("/v1/status/peers"))
         .send()

@@ -149,7 +149,7 @@ async fn consul_shapes_and_quirks() {
         .json()
         .await
         .unwrap();
-    assert_eq!(consul[0]["ServicePort"], 8300);
+    assert_eq!(consul[0]["ServicePort"], agent.rpc.unwrap().port());
     assert_eq!(consul[0]["ServiceTags"], json!([]));
 
     let bad_state = get(&http, &agent, "/v1/health/state/sleepy").await;

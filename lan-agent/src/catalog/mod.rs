@@ -353,6 +353,19 @@ impl Store {
     pub fn check(&self, node: &str, id: &str) -> Option<&HealthCheck> {
         self.checks.get(&(node.to_string(), id.to_string()))
     }
+
+    /// Nodes that have a check with this ID (the reconciler's `serfHealth`).
+    pub fn nodes_with_check<'a>(&'a self, id: &'a str) -> impl Iterator<Item = String> + 'a {
+        self.checks
+            .keys()
+            .filter(move |(_, check)| check == id)
+            .map(|(node, _)| node.clone())
+    }
+
+    pub fn has_service(&self, node: &str, id: &str) -> bool {
+        self.services
+            .contains_key(&(node.to_string(), id.to_string()))
+    }
 }
 
 fn restore<K: Ord, V>(map: &mut BTreeMap<K, V>, key: K, old: Option<V>) {

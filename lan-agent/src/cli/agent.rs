@@ -99,6 +99,25 @@ pub struct AgentArgs {
     /// Node metadata as key:value (repeatable)
     #[arg(long = "node-meta", action = ArgAction::Append)]
     pub node_meta: Vec<String>,
+    /// Join this agent's gossip address at start; fail if none answers (repeatable)
+    #[arg(long, action = ArgAction::Append)]
+    pub join: Vec<String>,
+    /// Join this address at start, retrying until it answers (repeatable)
+    #[arg(long = "retry-join", action = ArgAction::Append)]
+    pub retry_join: Vec<String>,
+    /// Time between -retry-join attempts
+    #[arg(long = "retry-interval", value_parser = parse_duration)]
+    pub retry_interval: Option<Duration>,
+    /// -retry-join attempts before giving up (0: unlimited)
+    #[arg(long = "retry-max")]
+    pub retry_max: Option<u32>,
+    /// Rejoin the previously known members even after leaving
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          default_value = "false", action = ArgAction::Set)]
+    pub rejoin: bool,
+    /// Gossip encryption key (base64, 16, 24 or 32 bytes; see `cairn keygen`)
+    #[arg(long)]
+    pub encrypt: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -145,6 +164,18 @@ impl AgentArgs {
             c.node_meta.insert(k.to_string(), v.to_string());
         }
         c.bootstrap |= self.bootstrap;
+        c.start_join.extend(self.join.iter().cloned());
+        c.retry_join.extend(self.retry_join.iter().cloned());
+        if let Some(d) = self.retry_interval {
+            c.retry_interval = d;
+        }
+        if let Some(n) = self.retry_max {
+            c.retry_max = n;
+        }
+        c.rejoin_after_leave |= self.rejoin;
+        if self.encrypt.is_some() {
+            c.encrypt = self.encrypt.clone();
+        }
         if self.bootstrap_expect.is_some() {
             c.bootstrap_expect = self.bootstrap_expect;
         }
@@ -224,15 +255,35 @@ pub async fn run(args: AgentArgs) -> u8 {
         Ok(s) => s,
         Err(e) => return super::fail(format!("==> {e}")),
     };
-    while let Signal::Reload = signals.next().await {
-        println!("==> Caught signal: hangup, reloading configuration");
-        if let Err(e) = handle.reload() {
-            eprintln!("==> Failed to reload configuration: {e}");
+    loop {
+        let signal = tokio::select! {
+            s = signals.next() => s,
+            _ = handle.stopping() => break,
+        };
+        let leave = match signal {
+            Signal::Reload => {
+                println!("==> Caught signal: hangup, reloading configuration");
+                if let Err(e) = handle.reload() {
+                    eprintln!("==> Failed to reload configuration: {e}");
+                }
+                continue;
+            }
+            Signal::Interrupt => config.leaves_on_interrupt(),
+            Signal::Terminate => config.leaves_on_terminate(),
+        };
+        println!("==> Caught signal, shutting down");
+        if leave {
+            println!("==> Gracefully leaving the cluster");
+            handle.leave().await;
         }
+        break;
     }
-    println!("==> Caught signal, shutting down");
     handle.shutdown();
+    let fatal = handle.fatal();
     handle.stopped().await;
+    if let Some(why) = fatal {
+        return super::fail(format!("==> {why}"));
+    }
     println!("==> Cairn agent stopped");
     0
 }
@@ -260,10 +311,16 @@ fn print_banner(c: &Config, h: &agent::AgentHandle) {
     println!(
         "      Cluster Addr: {} (LAN: {}, WAN: {})",
         c.advertise(),
-        c.ports.serf_lan,
+        h.gossip.local_addr().port(),
         c.ports.serf_wan.map_or(-1, i32::from)
     );
-    println!(" Gossip Encryption: false");
+    println!(
+        " Gossip Encryption: {}",
+        c.encrypt.is_some()
+            || c.data_dir
+                .as_deref()
+                .is_some_and(|d| crate::gossip::Keyring::file(d).exists())
+    );
     if c.dev {
         println!("          Dev Mode: true (in-memory state, lost on exit)");
     }
@@ -274,10 +331,11 @@ fn print_banner(c: &Config, h: &agent::AgentHandle) {
 
 enum Signal {
     Reload,
-    Stop,
+    Interrupt,
+    Terminate,
 }
 
-/// SIGHUP reloads; SIGINT and SIGTERM stop.
+/// SIGHUP reloads; SIGINT and SIGTERM stop (leaving the pool first as configured).
 struct Signals {
     hup: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
@@ -296,8 +354,8 @@ impl Signals {
     async fn next(&mut self) -> Signal {
         tokio::select! {
             _ = self.hup.recv() => Signal::Reload,
-            _ = self.int.recv() => Signal::Stop,
-            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Interrupt,
+            _ = self.term.recv() => Signal::Terminate,
         }
     }
 }

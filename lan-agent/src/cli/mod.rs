@@ -10,6 +10,7 @@ pub mod event;
 pub mod kv;
 pub mod lock;
 pub mod maint;
+pub mod members;
 pub mod rtt;
 pub mod services;
 pub mod watch;
@@ -57,6 +58,16 @@ pub enum Command {
     Keygen,
     /// Estimated round-trip time between two nodes
     Rtt(rtt::RttArgs),
+    /// List the members of the gossip pool
+    Members(members::MembersArgs),
+    /// Make the agent join a gossip pool through other agents
+    Join(members::JoinArgs),
+    /// Make the agent leave its pool gracefully and stop
+    Leave(members::LeaveArgs),
+    /// Mark a failed member as left (or forget it with -prune)
+    ForceLeave(members::ForceLeaveArgs),
+    /// List, install, use and remove gossip encryption keys on every member
+    Keyring(members::KeyringArgs),
     /// Print the version
     Version(VersionArgs),
 }
@@ -118,6 +129,11 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Event(args) => event::run(args).await,
         Command::Watch(args) => watch::run(args).await,
         Command::Rtt(args) => rtt::run(args).await,
+        Command::Members(args) => members::members(args).await,
+        Command::Join(args) => members::join(args).await,
+        Command::Leave(args) => members::leave(args).await,
+        Command::ForceLeave(args) => members::force_leave(args).await,
+        Command::Keyring(args) => members::keyring(args).await,
         Command::Keygen => {
             println!("{}", crate::gossip::keyring::generate());
             0

@@ -60,6 +60,27 @@ pub struct FileConfig {
     pub dns_config: Option<DnsFile>,
     pub services: Vec<ServiceDefinition>,
     pub checks: Vec<CheckType>,
+    pub start_join: Vec<String>,
+    pub retry_join: Vec<String>,
+    pub retry_interval: Option<String>,
+    pub retry_max: Option<u32>,
+    pub rejoin_after_leave: Option<bool>,
+    pub encrypt: Option<String>,
+    pub reconnect_timeout: Option<String>,
+    pub leave_on_terminate: Option<bool>,
+    pub skip_leave_on_interrupt: Option<bool>,
+    pub gossip_lan: Option<GossipFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GossipFile {
+    pub gossip_interval: Option<String>,
+    pub gossip_nodes: Option<usize>,
+    pub probe_interval: Option<String>,
+    pub probe_timeout: Option<String>,
+    pub suspicion_mult: Option<u32>,
+    pub retransmit_mult: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,8 +285,48 @@ impl FileConfig {
             log_json,
             enable_script_checks,
             enable_local_script_checks,
-            node_meta
+            node_meta,
+            retry_max,
+            rejoin_after_leave
         );
+        c.start_join.extend(self.start_join);
+        c.retry_join.extend(self.retry_join);
+        if self.encrypt.is_some() {
+            c.encrypt = self.encrypt;
+        }
+        if self.leave_on_terminate.is_some() {
+            c.leave_on_terminate = self.leave_on_terminate;
+        }
+        if self.skip_leave_on_interrupt.is_some() {
+            c.skip_leave_on_interrupt = self.skip_leave_on_interrupt;
+        }
+        if let Some(g) = self.gossip_lan {
+            let t = &mut c.gossip_lan;
+            for (key, value, slot) in [
+                (
+                    "gossip_lan.gossip_interval",
+                    g.gossip_interval,
+                    &mut t.gossip_interval,
+                ),
+                (
+                    "gossip_lan.probe_interval",
+                    g.probe_interval,
+                    &mut t.probe_interval,
+                ),
+                (
+                    "gossip_lan.probe_timeout",
+                    g.probe_timeout,
+                    &mut t.probe_timeout,
+                ),
+            ] {
+                if let Some(v) = value {
+                    *slot = Some(dur(key, &v)?);
+                }
+            }
+            t.gossip_nodes = g.gossip_nodes.or(t.gossip_nodes);
+            t.suspicion_mult = g.suspicion_mult.or(t.suspicion_mult);
+            t.retransmit_mult = g.retransmit_mult.or(t.retransmit_mult);
+        }
         if let Some(d) = self.data_dir {
             c.data_dir = Some(d);
         }
@@ -322,6 +383,12 @@ impl FileConfig {
                 "check_update_interval",
                 self.check_update_interval,
                 &mut c.check_update_interval,
+            ),
+            ("retry_interval", self.retry_interval, &mut c.retry_interval),
+            (
+                "reconnect_timeout",
+                self.reconnect_timeout,
+                &mut c.reconnect_timeout,
             ),
         ] {
             if let Some(v) = value {

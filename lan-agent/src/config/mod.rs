@@ -121,6 +121,9 @@ pub enum ConfigError {
     File(#[from] file::FileError),
 }
 
+/// Consul refuses shorter reconnect timeouts.
+const MIN_RECONNECT_TIMEOUT: Duration = Duration::from_secs(8 * 3600);
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub node_name: String,
@@ -157,6 +160,36 @@ pub struct Config {
     pub checks: Vec<CheckType>,
     /// `-config-file`/`-config-dir` sources, re-read on reload.
     pub config_sources: Vec<PathBuf>,
+    /// `-join`/`start_join`: joined at start; failing to join any is fatal.
+    pub start_join: Vec<String>,
+    /// `-retry-join`: joined at start, retried every `retry_interval` until one answers.
+    pub retry_join: Vec<String>,
+    pub retry_interval: Duration,
+    /// Attempts before giving up (and stopping the agent); 0 is unlimited.
+    pub retry_max: u32,
+    /// `-rejoin`: rejoin the previously known members even after a graceful leave.
+    pub rejoin_after_leave: bool,
+    /// `-encrypt`: the gossip key (base64), used when no keyring file exists yet.
+    pub encrypt: Option<String>,
+    /// Failed members are forgotten after this long (Consul: 72h, at least 8h).
+    pub reconnect_timeout: Duration,
+    /// Leave gracefully on SIGTERM (Consul: clients yes, servers no).
+    pub leave_on_terminate: Option<bool>,
+    /// Skip the graceful leave on SIGINT (Consul: servers skip, clients leave).
+    pub skip_leave_on_interrupt: Option<bool>,
+    /// `gossip_lan`: overrides of the LAN pool's timing.
+    pub gossip_lan: GossipTuning,
+}
+
+/// `gossip_lan` keys: each replaces the preset's value when set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GossipTuning {
+    pub gossip_interval: Option<Duration>,
+    pub gossip_nodes: Option<usize>,
+    pub probe_interval: Option<Duration>,
+    pub probe_timeout: Option<Duration>,
+    pub suspicion_mult: Option<u32>,
+    pub retransmit_mult: Option<u32>,
 }
 
 impl Default for Config {
@@ -190,6 +223,16 @@ impl Default for Config {
             services: Vec::new(),
             checks: Vec::new(),
             config_sources: Vec::new(),
+            start_join: Vec::new(),
+            retry_join: Vec::new(),
+            retry_interval: Duration::from_secs(30),
+            retry_max: 0,
+            rejoin_after_leave: false,
+            encrypt: None,
+            reconnect_timeout: Duration::from_secs(72 * 3600),
+            leave_on_terminate: None,
+            skip_leave_on_interrupt: None,
+            gossip_lan: GossipTuning::default(),
         }
     }
 }
@@ -213,6 +256,8 @@ impl Config {
         c.node_name = "test-node".to_string();
         c.ports.http = Some(0);
         c.ports.dns = None;
+        c.ports.server = 0;
+        c.ports.serf_lan = 0;
         c.log_level = "warn".to_string();
         c
     }
@@ -259,6 +304,18 @@ impl Config {
                 reason,
             }
         })?;
+        if self.reconnect_timeout < MIN_RECONNECT_TIMEOUT {
+            return Err(ConfigError::Invalid {
+                key: "reconnect_timeout",
+                reason: "must be at least 8h".into(),
+            });
+        }
+        if let Some(k) = &self.encrypt {
+            crate::gossip::keyring::parse_key(k).map_err(|e| ConfigError::Invalid {
+                key: "encrypt",
+                reason: e.to_string(),
+            })?;
+        }
         if self.max_query_time < self.default_query_time {
             return Err(ConfigError::Invalid {
                 key: "max_query_time",
@@ -266,6 +323,16 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// Whether SIGTERM makes the agent leave the pool first.
+    pub fn leaves_on_terminate(&self) -> bool {
+        self.leave_on_terminate.unwrap_or(!self.server)
+    }
+
+    /// Whether SIGINT makes the agent leave the pool first.
+    pub fn leaves_on_interrupt(&self) -> bool {
+        !self.skip_leave_on_interrupt.unwrap_or(self.server)
     }
 
     /// The address other agents reach this one at.

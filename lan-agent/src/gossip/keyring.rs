@@ -26,6 +26,8 @@ pub enum KeyError {
     Invalid(String),
     #[error("Key is not installed")]
     NotInstalled,
+    #[error("Keyring is empty (encryption not enabled)")]
+    Disabled,
     #[error("Removing the primary key is not allowed")]
     RemovePrimary,
     #[error("no installed key opens this message")]

@@ -22,7 +22,12 @@ pub(super) fn router() -> Router<HttpState> {
 async fn agent_self(State(st): State<HttpState>, req: Request) -> ApiResult {
     let params = Params::parse(req.uri().query());
     let info = &st.info;
-    let role = if info.server { "consul" } else { "node" };
+    let member = st
+        .gossip
+        .members()
+        .iter()
+        .find(|m| m.name == info.node_name)
+        .map(super::members::member_json);
     let body = json!({
         "Config": {
             "Datacenter": info.datacenter,
@@ -35,29 +40,8 @@ async fn agent_self(State(st): State<HttpState>, req: Request) -> ApiResult {
             "BuildDate": version::BUILD_DATE,
         },
         "DebugConfig": info.debug_config,
-        "Coord": null,
-        "Member": {
-            "Name": info.node_name,
-            "Addr": info.lan_addr,
-            "Port": info.lan_port,
-            "Tags": {
-                "role": role,
-                "dc": info.datacenter,
-                "id": info.node_id,
-                "build": format!("{}:{}", version::VERSION, version::REVISION),
-                "vsn": "2",
-                "vsn_min": "2",
-                "vsn_max": "3",
-                "segment": "",
-            },
-            "Status": 1,
-            "ProtocolMin": 1,
-            "ProtocolMax": 5,
-            "ProtocolCur": 2,
-            "DelegateMin": 2,
-            "DelegateMax": 5,
-            "DelegateCur": 4,
-        },
+        "Coord": st.gossip.coordinate(),
+        "Member": member,
         "Stats": (st.stats.0)(),
         "Meta": info.node_meta,
     });

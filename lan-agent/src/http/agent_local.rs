@@ -15,7 +15,7 @@ use cairn_shared::api::{AgentService, CheckStatus, HealthCheck};
 use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
-use super::{HttpState, Params, json, methods, path_tail, read_body};
+use super::{HttpState, Params, json, methods, path_tail};
 use crate::local::definition::{CheckType, ServiceDefinition};
 use crate::local::state::Source;
 use crate::local::{LocalError, NODE_MAINT_ID, SERVICE_MAINT_PREFIX};
@@ -148,17 +148,7 @@ async fn decode<T: serde::de::DeserializeOwned>(
     st: &HttpState,
     req: Request,
 ) -> Result<T, ApiError> {
-    let declared = super::content_length(req.headers());
-    let body = read_body(req.into_body(), declared, st.limits.txn_max_req_len, |n| {
-        ApiError::too_large(format!("Request body({n} bytes) too large"))
-    })
-    .await?;
-    super::decode::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "Request decode failed: {}",
-            super::decode::go_message(&e)
-        ))
-    })
+    super::decode_json_body(req, st.limits.txn_max_req_len).await
 }
 
 async fn register_service(State(st): State<HttpState>, req: Request) -> ApiResult {

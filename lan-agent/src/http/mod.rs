@@ -18,6 +18,7 @@ pub mod error;
 mod event;
 mod health;
 mod kv;
+mod members;
 pub mod params;
 mod session;
 mod status;
@@ -51,9 +52,6 @@ pub struct AgentInfo {
     pub datacenter: String,
     pub server: bool,
     pub dev: bool,
-    /// The serf LAN address and port other agents see.
-    pub lan_addr: String,
-    pub lan_port: u16,
     pub node_meta: BTreeMap<String, String>,
     /// Sanitized runtime configuration for `DebugConfig`.
     pub debug_config: serde_json::Value,
@@ -67,6 +65,10 @@ pub struct HttpState {
     pub local: Arc<crate::local::LocalAgent>,
     /// User events this agent keeps and fires.
     pub events: Arc<crate::events::Events>,
+    /// The LAN pool: members, joins, leaves, keyring.
+    pub gossip: crate::gossip::Gossip,
+    /// Cancelled to stop the agent (`/v1/agent/leave`).
+    pub shutdown: tokio_util::sync::CancellationToken,
     pub reload: ReloadFn,
     pub info: Arc<AgentInfo>,
     pub telemetry: Telemetry,
@@ -113,6 +115,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(agent_local::router())
         .merge(event::router())
         .merge(coordinate::router())
+        .merge(members::router())
         .fallback(unknown_path)
         .layer(middleware::from_fn(consul_rules))
         .with_state(state)
@@ -340,6 +343,22 @@ pub(crate) async fn read_body(
 }
 
 /// The `Content-Length` a request declared, if any.
+/// Reads a JSON body of at most `limit` bytes and decodes it the way Consul's Go decoder
+/// would, with Consul's `Request decode failed` 400 for bad JSON.
+pub(crate) async fn decode_json_body<T: serde::de::DeserializeOwned>(
+    req: Request,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let declared = content_length(req.headers());
+    let body = read_body(req.into_body(), declared, limit, |n| {
+        ApiError::too_large(format!("Request body({n} bytes) too large"))
+    })
+    .await?;
+    decode::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("Request decode failed: {}", decode::go_message(&e)))
+    })
+}
+
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get("content-length")

@@ -1,7 +1,9 @@
 //! The server side of the RPC port: accepts connections, answers each request in its own
 //! task through the server's [`Rpc`], and writes the answers back tagged with their IDs.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -19,6 +21,44 @@ use crate::server::Rpc;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests one connection may have in flight (blocking queries included).
 const MAX_IN_FLIGHT: usize = 1024;
+/// Consul's `limits.rpc_max_conns_per_client`: open connections from one IP address.
+const MAX_CONNS_PER_CLIENT: usize = 100;
+
+/// Open connections per client address; a slot is given back when its guard drops.
+#[derive(Default)]
+struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+
+struct Slot {
+    table: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_default();
+        if *n >= MAX_CONNS_PER_CLIENT {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = self.table.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// Accepts RPC connections until `shutdown`.
 pub async fn serve(
@@ -27,6 +67,7 @@ pub async fn serve(
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let per_client = Arc::new(PerClient::default());
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -39,10 +80,16 @@ pub async fn serve(
                 }
             },
         };
+        let Some(slot) = per_client.take(peer.ip()) else {
+            metrics::counter!(METRIC_BAD_FRAMES).increment(1);
+            tracing::warn!(%peer, "refused an RPC connection: too many from this address");
+            continue;
+        };
         let rpc = rpc.clone();
         let stop = shutdown.clone();
         let inner = tasks.clone();
         tasks.spawn(async move {
+            let _slot = slot;
             if let Err(why) = connection(stream, rpc, inner, stop).await {
                 metrics::counter!(METRIC_BAD_FRAMES).increment(1);
                 tracing::debug!(%peer, why, "RPC connection closed");
@@ -106,4 +153,23 @@ async fn connection(
     drop(tx);
     let _ = writer.await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_per_client_are_capped_and_given_back() {
+        let table = Arc::new(PerClient::default());
+        let a: IpAddr = [127, 0, 0, 2].into();
+        let b: IpAddr = [127, 0, 0, 3].into();
+        let mut held: Vec<Slot> = (0..MAX_CONNS_PER_CLIENT)
+            .map(|_| table.take(a).expect("under the cap"))
+            .collect();
+        assert!(table.take(a).is_none());
+        assert!(table.take(b).is_some(), "other clients are not affected");
+        held.pop();
+        assert!(table.take(a).is_some());
+    }
 }

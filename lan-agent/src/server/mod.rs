@@ -8,6 +8,7 @@
 
 pub mod consensus;
 mod coordinates;
+pub mod reconcile;
 mod sessions;
 mod tombstones;
 
