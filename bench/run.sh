@@ -5,6 +5,7 @@
 #   bash bench/run.sh dns    # DNS queries/s for web.service.consul (A and SRV), and dnsperf if installed
 #   bash bench/run.sh http   # /v1/health/service/web?passing reads/s
 #   bash bench/run.sh kv     # KV puts and gets at 1, 16, 64 clients; etcd side by side if installed
+#   bash bench/run.sh raft   # the same against 3 Raft servers and a 3-member etcd, with Cairn/etcd ratios
 #   bash bench/run.sh all    # everything (default)
 #
 # Optional peers and tools: `apt-get install etcd-server dnsperf`. Set SECONDS_PER_RUN to
@@ -92,11 +93,71 @@ bench_kv() {
   done
 }
 
+wait_http() { # url log
+  for _ in $(seq 300); do
+    curl -sf "$1" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "not ready: $1"; cat "$2"; exit 1
+}
+
+# Three Cairn servers on 127.0.0.11-13 and three etcd members on 127.0.0.21-23, all with
+# fsync on every commit; both are driven through member 1 with the same workload.
+bench_raft() {
+  command -v etcd >/dev/null || { echo "raft benchmark needs etcd (apt-get install etcd-server)"; exit 1; }
+  echo "== 3-server Raft KV vs 3-member etcd (128-byte values, ${secs}s per run)"
+  for i in 1 2 3; do
+    ip=127.0.0.1$i
+    join=(); [ "$i" -gt 1 ] && join=(-retry-join=127.0.0.11 -retry-interval=1s)
+    "$cairn" agent -server -bootstrap-expect=3 -raft-multiplier=1 -log-level=warn -node="bench$i" \
+      -data-dir="$work/cairn$i" -bind=$ip -client=$ip -dns-port=-1 "${join[@]}" >"$work/cairn$i.log" 2>&1 &
+    pids+=($!)
+  done
+  cluster=""
+  for i in 1 2 3; do cluster+="e$i=http://127.0.0.2$i:2380,"; done
+  for i in 1 2 3; do
+    ip=127.0.0.2$i
+    etcd --name "e$i" --data-dir "$work/etcd$i" --listen-client-urls "http://$ip:2379" \
+      --advertise-client-urls "http://$ip:2379" --listen-peer-urls "http://$ip:2380" \
+      --initial-advertise-peer-urls "http://$ip:2380" --initial-cluster "${cluster%,}" \
+      --initial-cluster-state new >"$work/etcd$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for _ in $(seq 300); do
+    [ "$(curl -s -XPUT 127.0.0.11:8500/v1/kv/bench-ready -d x)" = true ] && break
+    sleep 0.1
+  done
+  wait_http "http://127.0.0.21:2379/health" "$work/etcd1.log"
+  for c in 1 16 64; do
+    "$bench" --concurrency "$c" --seconds "$secs" kv "127.0.0.11:8500" | tee -a "$work/raft.out"
+    "$bench" --concurrency "$c" --seconds "$secs" kv "127.0.0.21:2379" --etcd | tee -a "$work/raft.out"
+  done
+  echo "== ratios Cairn/etcd (throughput: higher is better for Cairn; latency: lower is better)"
+  python3 - "$work/raft.out" <<'PY'
+import re, sys
+rows = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"(cairn|etcd) kv (put|get) c=(\d+): .* ([\d.]+) ops/s, p50 ([\d.]+) ms, p99 ([\d.]+) ms", line)
+    if m:
+        rows[(m[1], m[2], int(m[3]))] = tuple(float(x) for x in m.group(4, 5, 6))
+for (who, op, c), (tput, p50, p99) in sorted(rows.items()):
+    if who != "cairn" or ("etcd", op, c) not in rows:
+        continue
+    et, e50, e99 = rows[("etcd", op, c)]
+    r = lambda a, b: f"{a / b:.2f}" if b else "n/a"
+    print(f"{op} c={c}: throughput x{r(tput, et)}, p50 x{r(p50, e50)}, p99 x{r(p99, e99)}")
+PY
+}
+
+if [ "$what" = raft ]; then
+  bench_raft
+  exit 0
+fi
 start_cairn
 case "$what" in
   dns) register_web; bench_dns ;;
   http) register_web; bench_http ;;
   kv) bench_kv ;;
   all) register_web; bench_dns; bench_http; bench_kv ;;
-  *) echo "usage: $0 [dns|http|kv|all]"; exit 2 ;;
+  *) echo "usage: $0 [dns|http|kv|raft|all]"; exit 2 ;;
 esac

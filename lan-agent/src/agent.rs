@@ -28,9 +28,10 @@ use crate::http::{self, AgentInfo, HttpState, ReloadFn, Stats, StatsFn};
 use crate::local::persist::Persist;
 use crate::local::sync::{AntiEntropy, NodeInfo};
 use crate::local::{LocalAgent, LocalConfig, LocalError};
+use crate::raft::{RaftConsensus, RaftSettings};
 use crate::rpc::{self, client::ClientRpc, client::RpcClient, client::ServerSource};
 use crate::server::reconcile::reconcile_loop;
-use crate::server::{DevConsensus, Rpc, Server, ServerConfig};
+use crate::server::{Consensus, DevConsensus, Rpc, Server, ServerConfig};
 use crate::telemetry::{Telemetry, names};
 use crate::version;
 
@@ -60,10 +61,8 @@ pub enum AgentError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error(
-        "server agents with a data directory need Raft, which this build does not have yet; run `cairn agent -dev` for the server"
-    )]
-    NoRaftYet,
+    #[error("raft: {0}")]
+    Raft(String),
     #[error("gossip: {0}")]
     Gossip(String),
     #[error("failed to join: {0}")]
@@ -91,6 +90,8 @@ pub struct AgentHandle {
     pub node_name: String,
     pub node_id: String,
     pub server: Option<Server>,
+    /// The server's Raft (servers outside dev mode).
+    pub raft: Option<Arc<RaftConsensus>>,
     pub local: Arc<LocalAgent>,
     pub gossip: Gossip,
     reload: ReloadFn,
@@ -157,9 +158,6 @@ async fn start_parts(
     shutdown: CancellationToken,
 ) -> Result<AgentHandle, AgentError> {
     config.validate()?;
-    if config.server && !config.dev {
-        return Err(AgentError::NoRaftYet);
-    }
     let tasks = TaskTracker::new();
     let node_id = node_id(&config)?;
     let fatal = Arc::new(OnceLock::new());
@@ -208,7 +206,7 @@ async fn start_parts(
         true => Some(start_server(&config, &node_id, &deps, &tasks, &shutdown).await?),
         false => None,
     };
-    let rpc_addr = server.as_ref().map(|(_, addr)| *addr);
+    let rpc_addr = server.as_ref().map(|(_, addr, _)| *addr);
     let http_port = http_listener
         .as_ref()
         .and_then(|l| l.local_addr().ok())
@@ -225,7 +223,16 @@ async fn start_parts(
         &shutdown,
     )
     .await?;
-    let server = server.map(|(s, _)| s);
+    let raft = server.as_ref().and_then(|(_, _, r)| r.clone());
+    let server = server.map(|(s, _, _)| s);
+    if let Some(r) = &raft {
+        r.set_gossip(gossip.clone());
+        tasks.spawn(crate::raft::autopilot::run(
+            r.clone(),
+            gossip.clone(),
+            shutdown.clone(),
+        ));
+    }
 
     let rpc: Arc<dyn Rpc> = match &server {
         Some(s) => {
@@ -328,6 +335,7 @@ async fn start_parts(
         node_name: config.node_name.clone(),
         node_id,
         server,
+        raft,
         local,
         gossip,
         reload,
@@ -343,15 +351,15 @@ async fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<TcpListener, A
         .map_err(|source| AgentError::Bind { what, addr, source })
 }
 
-/// The server endpoint, its RPC port, and this node in the catalog. Returns the RPC
-/// address other agents use.
+/// The server endpoint, its RPC port, and (dev mode) this node in the catalog; outside
+/// dev mode, Raft under the data directory. Returns the RPC address other agents use.
 async fn start_server(
     config: &Config,
     node_id: &str,
     deps: &Deps,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
-) -> Result<(Server, SocketAddr), AgentError> {
+) -> Result<(Server, SocketAddr, Option<Arc<RaftConsensus>>), AgentError> {
     let listener = bind_tcp(
         "server RPC",
         SocketAddr::new(config.bind_addr, config.ports.server),
@@ -362,7 +370,31 @@ async fn start_server(
         .map_or(config.ports.server, |a| a.port());
     let advertised = SocketAddr::new(config.advertise(), port);
     let state = Arc::new(StateStore::new());
-    let consensus = Arc::new(DevConsensus::new(state.clone(), advertised.to_string()));
+    let (consensus, raft): (Arc<dyn Consensus>, _) = match (&config.data_dir, config.dev) {
+        (Some(dir), false) => {
+            let settings = RaftSettings {
+                data_dir: dir.clone(),
+                node_name: config.node_name.clone(),
+                node_id: node_id.to_string(),
+                datacenter: config.datacenter.clone(),
+                advertise: advertised,
+                bootstrap: config.bootstrap,
+                bootstrap_expect: config.bootstrap_expect,
+                raft_multiplier: config.raft_multiplier,
+                snapshot_threshold: config.raft_snapshot_threshold,
+                stabilization: config.server_stabilization_time,
+            };
+            let raft = crate::raft::start(settings, state.clone(), tasks, shutdown.clone())
+                .await
+                .map_err(|e| AgentError::Raft(e.to_string()))?;
+            (raft.clone() as Arc<dyn Consensus>, Some(raft))
+        }
+        _ => (
+            Arc::new(DevConsensus::new(state.clone(), advertised.to_string()))
+                as Arc<dyn Consensus>,
+            None,
+        ),
+    };
     let server = Server::start(
         server_config(config),
         state,
@@ -377,8 +409,10 @@ async fn start_server(
         tasks.clone(),
         shutdown.clone(),
     ));
-    register_self(&server, config, node_id, port).await?;
-    Ok((server, advertised))
+    if raft.is_none() {
+        register_self(&server, config, node_id, port).await?;
+    }
+    Ok((server, advertised, raft))
 }
 
 /// Binds the gossip port and starts gossip with this agent's tags and keyring.

@@ -26,6 +26,7 @@ pub mod gossip;
 pub mod health;
 pub mod http;
 pub mod local;
+pub mod raft;
 pub mod rpc;
 pub mod server;
 pub mod telemetry;

@@ -304,5 +304,12 @@ fn level_filter(level: &str) -> String {
         "err" | "error" => "error",
         _ => "info",
     };
-    format!("cairn_lan_agent={l},cairn={l},warn")
+    // openraft logs every failed heartbeat to a down server as an error; what matters of
+    // it surfaces through Cairn's own messages, so it speaks only at debug and trace.
+    let raft = if matches!(l, "trace" | "debug") {
+        "info"
+    } else {
+        "off"
+    };
+    format!("cairn_lan_agent={l},cairn={l},openraft={raft},warn")
 }

@@ -70,6 +70,12 @@ pub struct QueryMeta {
 /// A read of the state store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Query {
+    /// `/v1/operator/raft/configuration` (answered by the leader).
+    RaftConfiguration,
+    /// `/v1/operator/autopilot/health`.
+    AutopilotHealth,
+    /// `/v1/snapshot` GET: the whole state, in the snapshot file format.
+    Snapshot,
     /// One key (`/v1/kv/:key`).
     KvGet {
         key: String,
@@ -178,6 +184,9 @@ pub enum QueryResult {
     Checks(Vec<HealthCheck>),
     ServiceEntries(Vec<ServiceEntry>),
     Coordinates(Vec<CoordinateEntry>),
+    RaftConfiguration(crate::api::RaftConfiguration),
+    AutopilotHealth(crate::api::AutopilotHealth),
+    Snapshot(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,6 +223,17 @@ pub enum WriteOp {
     CoordinateUpdate(CoordinateEntry),
     /// Coordinates collected by a server, written together.
     CoordinateBatchUpdate(Vec<CoordinateEntry>),
+    /// Remove a server from the Raft configuration, by node ID or by `ip:port`
+    /// (`/v1/operator/raft/peer`); handled by the leader, not logged as a command.
+    RaftRemovePeer {
+        id: Option<String>,
+        address: Option<String>,
+    },
+    /// Replace the whole state with a snapshot (`/v1/snapshot` PUT).
+    SnapshotRestore {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,6 +262,8 @@ pub enum ErrorKind {
     Conflict,
     /// No leader within the hold timeout, unknown datacenter and other server-side failures.
     Internal,
+    /// This server is not the leader and knows of none (yet): `No cluster leader`.
+    NoLeader,
 }
 
 /// An error that crosses the RPC boundary, with Consul's message text.

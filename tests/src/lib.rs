@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod linearize;
+pub mod netns;
+
 /// Where the `cairn` binary is.
 pub fn cairn_bin() -> PathBuf {
     if let Ok(p) = std::env::var("CAIRN_BIN") {
@@ -66,9 +69,10 @@ pub struct Agent {
     /// The server RPC address (dev agents and servers).
     pub rpc: Option<SocketAddr>,
     pub node: String,
-    /// A client agent's data directory, removed with the handle.
+    /// A client's or server's data directory, removed with the handle.
     pub data_dir: Option<PathBuf>,
     client: bool,
+    wrapper: Vec<String>,
     args: Vec<String>,
     log: PathBuf,
 }
@@ -84,7 +88,11 @@ pub struct AgentOpts {
     pub ip: Ipv4Addr,
     /// A client agent (no `-dev`), with a data directory of its own.
     pub client: bool,
+    /// A Raft server (`-server`, no `-dev`), with a data directory of its own.
+    pub server: bool,
     pub node: Option<String>,
+    /// Runs the agent under this prefix (`ip netns exec <ns>`).
+    pub wrapper: Vec<String>,
 }
 
 impl Default for AgentOpts {
@@ -94,7 +102,9 @@ impl Default for AgentOpts {
             args: Vec::new(),
             ip: Ipv4Addr::LOCALHOST,
             client: false,
+            server: false,
             node: None,
+            wrapper: Vec::new(),
         }
     }
 }
@@ -127,14 +137,31 @@ impl AgentOpts {
         self
     }
 
+    /// A Raft server with its own data directory and the fastest Raft timing.
+    pub fn server(mut self) -> Self {
+        self.server = true;
+        self
+    }
+
+    /// Runs the process inside a network namespace the test made (`ip netns exec`), on
+    /// Consul's default ports: the namespace has its own port space.
+    pub fn in_namespace(mut self, ns: &str) -> Self {
+        self.wrapper = ["ip", "netns", "exec", ns].map(String::from).to_vec();
+        self
+    }
+
     pub async fn start(self) -> anyhow::Result<Agent> {
         let ip = self.ip;
-        let port = free_port(ip);
-        let serf = free_udp_tcp_port(ip);
-        let rpc = free_port(ip);
+        let (port, serf, rpc) = if self.wrapper.is_empty() {
+            (free_port(ip), free_udp_tcp_port(ip), free_port(ip))
+        } else {
+            (8500, 8301, 8300)
+        };
         let node = self.node.unwrap_or_else(|| format!("node-{port}"));
         let mut args: Vec<String> = vec!["agent".into()];
-        if !self.client {
+        if self.server {
+            args.extend(["-server".into(), "-raft-multiplier=1".into()]);
+        } else if !self.client {
             args.push("-dev".into());
         }
         args.extend([
@@ -145,8 +172,8 @@ impl AgentOpts {
             format!("-server-port={rpc}"),
             format!("-node={node}"),
         ]);
-        let data_dir = self.client.then(|| {
-            let d = std::env::temp_dir().join(format!("cairn-client-{ip}-{port}"));
+        let data_dir = (self.client || self.server).then(|| {
+            let d = std::env::temp_dir().join(format!("cairn-data-{ip}-{port}"));
             let _ = std::fs::remove_dir_all(&d);
             d
         });
@@ -165,14 +192,15 @@ impl AgentOpts {
         let log = std::env::temp_dir().join(format!("cairn-agent-{ip}-{port}.log"));
         let _ = std::fs::remove_file(&log);
         let mut agent = Agent {
-            child: spawn(&args, &log)?,
+            child: spawn(&self.wrapper, &args, &log)?,
+            wrapper: self.wrapper,
             http: SocketAddr::from((ip, port)),
             dns,
             serf: SocketAddr::from((ip, serf)),
             rpc: (!self.client).then(|| SocketAddr::from((ip, rpc))),
             node,
             data_dir,
-            client: self.client,
+            client: self.client || self.server,
             args,
             log,
         };
@@ -191,13 +219,20 @@ pub fn free_udp_tcp_port(ip: Ipv4Addr) -> u16 {
     }
 }
 
-fn spawn(args: &[String], log: &PathBuf) -> anyhow::Result<Child> {
+fn spawn(wrapper: &[String], args: &[String], log: &PathBuf) -> anyhow::Result<Child> {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)?;
-    Command::new(cairn_bin())
-        .args(args)
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(cairn_bin());
+            c
+        }
+        None => Command::new(cairn_bin()),
+    };
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
@@ -225,8 +260,16 @@ impl Agent {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn(&self.args, &self.log)?;
+        self.child = spawn(&self.wrapper, &self.args, &self.log)?;
         self.wait_ready(Duration::from_secs(20)).await
+    }
+
+    /// Starts the process again after [`Self::kill9`] or an exit, without waiting.
+    pub fn respawn(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&self.wrapper, &self.args, &self.log)?;
+        Ok(())
     }
 
     /// Adds a flag for the next [`Self::restart`].
@@ -493,5 +536,61 @@ where
             bail!("timed out after {within:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Raft servers as real processes on 127.0.0.<first>.., formed with `-bootstrap-expect`.
+pub struct Cluster {
+    pub servers: Vec<Agent>,
+}
+
+impl Cluster {
+    /// Starts `n` servers on consecutive loopback addresses from `first` and waits until
+    /// they agree on a leader.
+    pub async fn start(n: usize, first: u8, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut servers: Vec<Agent> = Vec::new();
+        for i in 0..n {
+            let ip = Ipv4Addr::new(127, 0, 0, first + i as u8);
+            let mut opts = AgentOpts::default()
+                .server()
+                .ip(ip)
+                .node(format!("s{}", first as usize + i))
+                .arg(format!("-bootstrap-expect={n}"))
+                .arg("-retry-interval=1s");
+            if let Some(s0) = servers.first() {
+                opts = opts.arg(format!("-retry-join={}", s0.serf));
+            }
+            for a in extra {
+                opts = opts.arg(*a);
+            }
+            servers.push(opts.start().await?);
+        }
+        let c = Self { servers };
+        c.wait_leader(Duration::from_secs(30)).await?;
+        Ok(c)
+    }
+
+    /// The index of the server every live server names as leader.
+    pub async fn wait_leader(&self, within: Duration) -> anyhow::Result<usize> {
+        eventually(within, "one leader known to every server", || async {
+            let mut seen = Vec::new();
+            for s in &self.servers {
+                let r = http_client()
+                    .get(s.url("/v1/status/leader"))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .ok()?;
+                seen.push(r.text().await.ok()?.trim_matches('"').to_string());
+            }
+            let first = seen.first()?.clone();
+            if first.is_empty() || seen.iter().any(|l| *l != first) {
+                return None;
+            }
+            self.servers
+                .iter()
+                .position(|s| s.rpc.map(|a| a.to_string()) == Some(first.clone()))
+        })
+        .await
     }
 }

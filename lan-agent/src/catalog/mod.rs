@@ -58,6 +58,16 @@ pub enum Table {
     Coordinates,
 }
 
+/// Entry counts per kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub nodes: usize,
+    pub services: usize,
+    pub checks: usize,
+    pub kv: usize,
+    pub sessions: usize,
+}
+
 /// Where an atomic unit started, to roll back to.
 #[derive(Debug, Clone, Copy)]
 struct Savepoint {
@@ -177,7 +187,46 @@ impl Store {
             WriteOp::CoordinateUpdate(_) => Err(RpcError::internal(
                 "invariant: coordinate updates are batched by the server before the log",
             )),
+            WriteOp::RaftRemovePeer { .. } => Err(RpcError::internal(
+                "invariant: peer removal is a Raft configuration change, not a command",
+            )),
+            WriteOp::SnapshotRestore { data } => {
+                let snap = crate::raft::snapshot::SnapshotFile::decode(data)
+                    .map_err(|e| RpcError::bad_request(format!("Snapshot restore failed: {e}")))?;
+                self.restore(idx, snap.store);
+                Ok(WriteResult::Bool(true))
+            }
         }
+    }
+
+    /// Replaces everything with a restored store. Every table index moves to `idx` so
+    /// blocking queries see the change; the caller wakes every watcher.
+    fn restore(&mut self, idx: u64, restored: Store) {
+        *self = restored;
+        self.last_index = idx;
+        for t in [
+            Table::Nodes,
+            Table::Services,
+            Table::Checks,
+            Table::Kvs,
+            Table::Tombstones,
+            Table::Sessions,
+            Table::Coordinates,
+        ] {
+            self.table_index.insert(t, idx);
+        }
+        for v in self
+            .node_index
+            .values_mut()
+            .chain(self.service_index.values_mut())
+        {
+            *v = idx;
+        }
+    }
+
+    /// Whether a command replaces the whole store (so every watcher must wake).
+    pub fn is_restore(cmd: &Command) -> bool {
+        matches!(cmd.op, CommandOp::Client(WriteOp::SnapshotRestore { .. }))
     }
 
     /// Drains the changes made since the last call.
@@ -195,6 +244,17 @@ impl Store {
 
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
         self.sessions.values()
+    }
+
+    /// How much of each kind the store holds (`cairn snapshot inspect`).
+    pub fn counts(&self) -> Counts {
+        Counts {
+            nodes: self.nodes.len(),
+            services: self.services.len(),
+            checks: self.checks.len(),
+            kv: self.kv.len(),
+            sessions: self.sessions.len(),
+        }
     }
 
     pub fn kv_len(&self) -> usize {

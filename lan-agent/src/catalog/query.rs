@@ -263,7 +263,12 @@ impl Store {
                         .collect(),
                 ),
             ),
-            Query::Leader | Query::Peers | Query::Datacenters => {
+            Query::Leader
+            | Query::Peers
+            | Query::Datacenters
+            | Query::RaftConfiguration
+            | Query::AutopilotHealth
+            | Query::Snapshot => {
                 return Err(RpcError::internal(
                     "invariant: status queries are answered by the server, not the store",
                 ));
@@ -323,7 +328,13 @@ impl Store {
             Query::CoordinateNodes | Query::CoordinateNode { .. } => {
                 vec![WatchKey::Table(Table::Coordinates)]
             }
-            Query::TxnRead(_) | Query::Leader | Query::Peers | Query::Datacenters => Vec::new(),
+            Query::TxnRead(_)
+            | Query::Leader
+            | Query::Peers
+            | Query::Datacenters
+            | Query::RaftConfiguration
+            | Query::AutopilotHealth
+            | Query::Snapshot => Vec::new(),
         }
     }
 

@@ -32,8 +32,18 @@ impl StateStore {
         let result = store.apply(index, cmd);
         let changes = store.take_changes();
         drop(store);
-        self.hub.notify(&changes);
+        if Store::is_restore(cmd) {
+            self.hub.notify_all();
+        } else {
+            self.hub.notify(&changes);
+        }
         result
+    }
+
+    /// Replaces the whole store (a snapshot was installed) and wakes every blocking query.
+    pub fn replace(&self, store: Store) {
+        *self.write() = store;
+        self.hub.notify_all();
     }
 
     /// Runs `f` against a consistent view of the store.

@@ -187,6 +187,26 @@ impl WatchHub {
         }
     }
 
+    /// Wakes every registered watch.
+    pub fn notify_all(&self) {
+        let mut reg = self.lock();
+        let mut woken: HashMap<u64, Arc<Notify>> = HashMap::new();
+        let maps = [
+            reg.kv_keys.values().collect::<Vec<_>>(),
+            reg.kv_prefixes.values().collect(),
+            reg.nodes.values().collect(),
+            reg.services.values().collect(),
+        ];
+        for w in maps.into_iter().flatten().chain(reg.tables.values()) {
+            woken.extend(w.iter().map(|(i, n)| (*i, n.clone())));
+        }
+        reg.wakeups += woken.len() as u64;
+        drop(reg);
+        for n in woken.values() {
+            n.notify_one();
+        }
+    }
+
     /// Total watches woken so far.
     pub fn wakeups(&self) -> u64 {
         self.lock().wakeups

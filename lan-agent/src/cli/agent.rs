@@ -30,6 +30,9 @@ pub struct AgentArgs {
     /// Number of servers to wait for before bootstrapping
     #[arg(long = "bootstrap-expect")]
     pub bootstrap_expect: Option<u32>,
+    /// Scale Raft's timers (performance.raft_multiplier: 1 fastest, default 5)
+    #[arg(long = "raft-multiplier")]
+    pub raft_multiplier: Option<u32>,
     /// Directory for persistent state
     #[arg(long = "data-dir")]
     pub data_dir: Option<PathBuf>,
@@ -178,6 +181,9 @@ impl AgentArgs {
         }
         if self.bootstrap_expect.is_some() {
             c.bootstrap_expect = self.bootstrap_expect;
+        }
+        if let Some(m) = self.raft_multiplier {
+            c.raft_multiplier = m.clamp(1, 10);
         }
         if let Some(d) = &self.data_dir {
             c.data_dir = Some(d.clone());

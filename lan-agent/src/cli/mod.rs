@@ -11,6 +11,7 @@ pub mod kv;
 pub mod lock;
 pub mod maint;
 pub mod members;
+pub mod operator;
 pub mod rtt;
 pub mod services;
 pub mod watch;
@@ -68,6 +69,12 @@ pub enum Command {
     ForceLeave(members::ForceLeaveArgs),
     /// List, install, use and remove gossip encryption keys on every member
     Keyring(members::KeyringArgs),
+    /// Raft operations on the servers
+    #[command(subcommand)]
+    Operator(operator::OperatorCommand),
+    /// Save, restore and inspect snapshots of the whole state
+    #[command(subcommand)]
+    Snapshot(operator::SnapshotCommand),
     /// Print the version
     Version(VersionArgs),
 }
@@ -134,6 +141,8 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Leave(args) => members::leave(args).await,
         Command::ForceLeave(args) => members::force_leave(args).await,
         Command::Keyring(args) => members::keyring(args).await,
+        Command::Operator(cmd) => operator::run(cmd).await,
+        Command::Snapshot(cmd) => operator::snapshot(cmd).await,
         Command::Keygen => {
             println!("{}", crate::gossip::keyring::generate());
             0

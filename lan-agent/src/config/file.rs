@@ -70,6 +70,26 @@ pub struct FileConfig {
     pub leave_on_terminate: Option<bool>,
     pub skip_leave_on_interrupt: Option<bool>,
     pub gossip_lan: Option<GossipFile>,
+    pub performance: Option<PerformanceFile>,
+    pub raft_snapshot_threshold: Option<u64>,
+    pub autopilot: Option<AutopilotFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PerformanceFile {
+    pub raft_multiplier: Option<u32>,
+    pub leave_drain_time: Option<String>,
+    pub rpc_hold_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutopilotFile {
+    pub cleanup_dead_servers: Option<bool>,
+    pub last_contact_threshold: Option<String>,
+    pub max_trailing_logs: Option<u64>,
+    pub server_stabilization_time: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -332,6 +352,21 @@ impl FileConfig {
         }
         if self.bootstrap_expect.is_some() {
             c.bootstrap_expect = self.bootstrap_expect;
+        }
+        if let Some(m) = self.performance.and_then(|p| p.raft_multiplier) {
+            if !(1..=10).contains(&m) {
+                return Err(FileError::Invalid {
+                    key: "performance.raft_multiplier".into(),
+                    reason: format!("must be between 1 and 10, got {m}"),
+                });
+            }
+            c.raft_multiplier = m;
+        }
+        if let Some(n) = self.raft_snapshot_threshold {
+            c.raft_snapshot_threshold = n.max(1);
+        }
+        if let Some(t) = self.autopilot.and_then(|a| a.server_stabilization_time) {
+            c.server_stabilization_time = dur("autopilot.server_stabilization_time", &t)?;
         }
         if self.advertise_addr.is_some() {
             c.advertise_addr = self.advertise_addr;

@@ -135,6 +135,13 @@ pub struct Config {
     pub server: bool,
     pub bootstrap: bool,
     pub bootstrap_expect: Option<u32>,
+    /// `performance.raft_multiplier`: scales Raft's timers (1 is fastest; Consul's default 5).
+    pub raft_multiplier: u32,
+    /// `raft_snapshot_threshold`: log entries between snapshots.
+    pub raft_snapshot_threshold: u64,
+    /// `autopilot.server_stabilization_time`: how long a new server must be healthy before
+    /// it may vote.
+    pub server_stabilization_time: Duration,
     pub bind_addr: IpAddr,
     pub advertise_addr: Option<IpAddr>,
     /// Where HTTP and DNS listen.
@@ -203,6 +210,9 @@ impl Default for Config {
             server: false,
             bootstrap: false,
             bootstrap_expect: None,
+            raft_multiplier: 5,
+            raft_snapshot_threshold: 16_384,
+            server_stabilization_time: Duration::from_secs(10),
             bind_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             advertise_addr: None,
             client_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),

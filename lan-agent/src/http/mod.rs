@@ -19,6 +19,7 @@ mod event;
 mod health;
 mod kv;
 mod members;
+mod operator;
 pub mod params;
 mod session;
 mod status;
@@ -116,6 +117,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(event::router())
         .merge(coordinate::router())
         .merge(members::router())
+        .merge(operator::router())
         .fallback(unknown_path)
         .layer(middleware::from_fn(consul_rules))
         .with_state(state)

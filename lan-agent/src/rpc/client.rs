@@ -3,7 +3,7 @@
 //! server and tries another when one fails.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,7 +29,10 @@ const HOLD_TIMEOUT: Duration = Duration::from_secs(7);
 /// Why a call failed.
 #[derive(Debug)]
 pub enum CallError {
-    /// The server could not be reached or the connection broke: try another.
+    /// The request never left this process (no connection): safe to send elsewhere.
+    NotSent(String),
+    /// The connection broke or timed out after the request was sent: it may or may not
+    /// have been carried out.
     Transport(String),
     /// The server answered with an error.
     Remote(RpcError),
@@ -47,6 +50,8 @@ struct Conn {
 pub struct RpcClient {
     conns: Mutex<HashMap<SocketAddr, Arc<Conn>>>,
     next_id: AtomicU64,
+    /// The address outgoing connections come from; servers recognise each other by it.
+    source: Option<IpAddr>,
 }
 
 impl std::fmt::Debug for RpcClient {
@@ -61,20 +66,40 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl RpcClient {
+    /// A client whose connections leave from `ip` (a server's bind address).
+    pub fn from_ip(ip: IpAddr) -> Self {
+        Self {
+            source: (!ip.is_unspecified()).then_some(ip),
+            ..Self::default()
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+        let Some(ip) = self.source.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) else {
+            return tokio::net::TcpStream::connect(addr).await;
+        };
+        let socket = if ip.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(ip, 0))?;
+        socket.connect(addr).await
+    }
+
     async fn conn(&self, addr: SocketAddr) -> Result<Arc<Conn>, CallError> {
         if let Some(c) = lock(&self.conns).get(&addr).filter(|c| !c.tx.is_closed()) {
             return Ok(c.clone());
         }
-        let mut stream =
-            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-                .await
-                .map_err(|_| CallError::Transport(format!("connecting to {addr}: timed out")))?
-                .map_err(|e| CallError::Transport(format!("connecting to {addr}: {e}")))?;
+        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(addr))
+            .await
+            .map_err(|_| CallError::NotSent(format!("connecting to {addr}: timed out")))?
+            .map_err(|e| CallError::NotSent(format!("connecting to {addr}: {e}")))?;
         let _ = stream.set_nodelay(true);
         stream
             .write_all(&[PROTO_RPC])
             .await
-            .map_err(|e| CallError::Transport(format!("{addr}: {e}")))?;
+            .map_err(|e| CallError::NotSent(format!("{addr}: {e}")))?;
         let (mut sink, mut frames) = Framed::new(stream, codec()).split();
         let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(256);
         let pending: Pending = Arc::default();
@@ -121,7 +146,7 @@ impl RpcClient {
         lock(&conn.pending).insert(id, tx);
         if conn.tx.send(frame).await.is_err() {
             self.forget(addr);
-            return Err(CallError::Transport(format!("{addr}: connection closed")));
+            return Err(CallError::NotSent(format!("{addr}: connection closed")));
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => result.map_err(CallError::Remote),
@@ -167,7 +192,10 @@ impl ClientRpc {
         Self { servers, client }
     }
 
+    /// Sends `body` to a random live server. Only failures that certainly did not reach a
+    /// server are retried elsewhere for writes, so a write is never carried out twice.
     async fn call(&self, body: Body, timeout: Duration) -> Result<Reply, RpcError> {
+        let retry_sent = matches!(body, Body::Read(_));
         let deadline = tokio::time::Instant::now() + HOLD_TIMEOUT;
         let mut last = String::from("no known servers");
         loop {
@@ -177,7 +205,10 @@ impl ClientRpc {
                 match self.client.call(addr, body.clone(), timeout).await {
                     Ok(reply) => return Ok(reply),
                     Err(CallError::Remote(e)) => return Err(e),
-                    Err(CallError::Transport(e)) => {
+                    Err(CallError::Transport(e)) if !retry_sent => {
+                        return Err(RpcError::internal(format!("rpc error: {e}")));
+                    }
+                    Err(CallError::Transport(e) | CallError::NotSent(e)) => {
                         tracing::debug!(server = %addr, error = %e, "RPC failed; trying another server");
                         last = e;
                     }
@@ -200,14 +231,14 @@ impl Rpc for ClientRpc {
         let timeout = wait + wait / 16 + READ_MARGIN;
         match self.call(Body::Read(req), timeout).await? {
             Reply::Read(r) => Ok(r),
-            Reply::Write(_) => Err(RpcError::internal("a read was answered as a write")),
+            _ => Err(RpcError::internal("a read got an answer of another kind")),
         }
     }
 
     async fn write(&self, req: WriteRequest) -> Result<WriteResult, RpcError> {
         match self.call(Body::Write(req), WRITE_TIMEOUT).await? {
             Reply::Write(r) => Ok(r),
-            Reply::Read(_) => Err(RpcError::internal("a write was answered as a read")),
+            _ => Err(RpcError::internal("a write got an answer of another kind")),
         }
     }
 }

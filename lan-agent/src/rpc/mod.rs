@@ -18,6 +18,8 @@ use cairn_shared::rpc::{ReadRequest, ReadResponse, RpcError, WriteRequest, Write
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
+use crate::raft::{RaftEnvelope, RaftReply};
+
 /// First byte of a connection carrying client RPCs.
 pub const PROTO_RPC: u8 = 0x01;
 /// Largest frame either side accepts: a 512 KiB value plus headroom; blocking answers of
@@ -27,25 +29,32 @@ pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Metric: frames or connections refused as malformed.
 pub const METRIC_BAD_FRAMES: &str = "cairn_rpc_bad_frames_total";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Body {
     Read(ReadRequest),
     Write(WriteRequest),
+    /// A read a server forwards to the leader; the leader does not forward it again.
+    LeaderRead(ReadRequest),
+    /// A write a server forwards to the leader.
+    LeaderWrite(WriteRequest),
+    /// A Raft message between servers.
+    Raft(Box<RaftEnvelope>),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {
     Read(ReadResponse),
     Write(WriteResult),
+    Raft(Box<RaftReply>),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
     pub id: u64,
     pub body: Body,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Response {
     pub id: u64,
     pub result: Result<Reply, RpcError>,
@@ -84,8 +93,9 @@ mod tests {
                 options: QueryOptions::default(),
             }),
         };
-        let back: Request = decode(&encode(&r).unwrap()).unwrap();
-        assert_eq!(back, r);
+        let bytes = encode(&r).unwrap();
+        let back: Request = decode(&bytes).unwrap();
+        assert_eq!(encode(&back).unwrap(), bytes);
         assert!(decode::<Request>(b"\xff\x00garbage").is_err());
     }
 }

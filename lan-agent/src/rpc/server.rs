@@ -90,7 +90,7 @@ pub async fn serve(
         let inner = tasks.clone();
         tasks.spawn(async move {
             let _slot = slot;
-            if let Err(why) = connection(stream, rpc, inner, stop).await {
+            if let Err(why) = connection(stream, peer.ip(), rpc, inner, stop).await {
                 metrics::counter!(METRIC_BAD_FRAMES).increment(1);
                 tracing::debug!(%peer, why, "RPC connection closed");
             }
@@ -100,6 +100,7 @@ pub async fn serve(
 
 async fn connection(
     mut stream: TcpStream,
+    peer: IpAddr,
     rpc: Arc<dyn Rpc>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -142,6 +143,9 @@ async fn connection(
             let result = match req.body {
                 Body::Read(r) => rpc.read(r).await.map(Reply::Read),
                 Body::Write(w) => rpc.write(w).await.map(Reply::Write),
+                Body::LeaderRead(r) => rpc.read_on_leader(r).await.map(Reply::Read),
+                Body::LeaderWrite(w) => rpc.write_on_leader(w).await.map(Reply::Write),
+                Body::Raft(env) => rpc.raft(peer, *env).await.map(|r| Reply::Raft(Box::new(r))),
             };
             let resp = Response { id: req.id, result };
             if let Ok(bytes) = encode(&resp) {

@@ -4,13 +4,16 @@
 //! The dev agent's [`DevConsensus`] is a log of one: it assigns the next index and applies
 //! at once, so it is always the leader. The Raft engine implements the same trait.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use cairn_shared::rpc::{RpcError, WriteResult};
-use tokio::sync::Mutex;
+use cairn_shared::api::{AutopilotHealth, AutopilotServer, RaftConfiguration, RaftServer};
+use cairn_shared::rpc::{ErrorKind, RpcError, WriteResult};
+use tokio::sync::{Mutex, watch};
 
 use crate::catalog::{Command, StateStore};
+use crate::raft::{RaftEnvelope, RaftReply};
 
 /// What `apply` answered for one command.
 pub type Applied = Result<WriteResult, RpcError>;
@@ -39,6 +42,74 @@ pub trait Consensus: Send + Sync + std::fmt::Debug {
     async fn read_barrier(&self) -> Result<(), RpcError>;
 
     fn status(&self) -> LeaderStatus;
+
+    /// Whether this server is the leader, as it changes.
+    fn leadership(&self) -> watch::Receiver<bool>;
+
+    /// The voting servers (`/v1/operator/raft/configuration`).
+    fn raft_configuration(&self) -> RaftConfiguration {
+        let st = self.status();
+        let servers = st
+            .peers
+            .iter()
+            .map(|addr| RaftServer {
+                id: addr.clone(),
+                node: addr.clone(),
+                address: addr.clone(),
+                leader: st.leader_addr.as_ref() == Some(addr),
+                protocol_version: "3".into(),
+                voter: true,
+                last_index: 0,
+            })
+            .collect();
+        RaftConfiguration { servers, index: 0 }
+    }
+
+    /// Server health as autopilot judges it (`/v1/operator/autopilot/health`).
+    fn autopilot_health(&self) -> AutopilotHealth {
+        let servers: Vec<AutopilotServer> = self
+            .raft_configuration()
+            .servers
+            .into_iter()
+            .map(|s| AutopilotServer {
+                id: s.id,
+                name: s.node,
+                address: s.address,
+                serf_status: "alive".into(),
+                version: crate::version::VERSION.into(),
+                leader: s.leader,
+                last_contact: "0s".into(),
+                last_index: s.last_index,
+                healthy: true,
+                voter: s.voter,
+                ..AutopilotServer::default()
+            })
+            .collect();
+        AutopilotHealth {
+            healthy: true,
+            failure_tolerance: (servers.len() as u64).saturating_sub(1) / 2,
+            servers,
+        }
+    }
+
+    /// Removes a server from the Raft configuration.
+    async fn remove_peer(
+        &self,
+        _id: Option<String>,
+        _address: Option<String>,
+    ) -> Result<(), RpcError> {
+        Err(RpcError::bad_request(
+            "this server runs without Raft peers (dev mode); nothing to remove",
+        ))
+    }
+
+    /// A Raft message from another server (only Raft engines take them).
+    async fn raft_message(&self, _from: IpAddr, _env: RaftEnvelope) -> Result<RaftReply, RpcError> {
+        Err(RpcError::new(
+            ErrorKind::PermissionDenied,
+            "this server does not run Raft",
+        ))
+    }
 }
 
 /// A single-node log applied in memory, for `cairn agent -dev`.
@@ -47,6 +118,8 @@ pub struct DevConsensus {
     state: Arc<StateStore>,
     next_index: Mutex<u64>,
     addr: String,
+    /// Always the leader.
+    leader: watch::Sender<bool>,
 }
 
 impl DevConsensus {
@@ -56,6 +129,7 @@ impl DevConsensus {
             state,
             next_index: Mutex::new(start),
             addr,
+            leader: watch::Sender::new(true),
         }
     }
 }
@@ -81,5 +155,9 @@ impl Consensus for DevConsensus {
             last_contact_ms: 0,
             peers: vec![self.addr.clone()],
         }
+    }
+
+    fn leadership(&self) -> watch::Receiver<bool> {
+        self.leader.subscribe()
     }
 }

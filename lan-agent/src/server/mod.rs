@@ -12,14 +12,15 @@ pub mod reconcile;
 mod sessions;
 mod tombstones;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_shared::api::{Session, SessionBehavior};
 use cairn_shared::rpc::{
-    Query, QueryMeta, QueryResult, ReadRequest, ReadResponse, RpcError, WriteOp, WriteRequest,
-    WriteResult,
+    Consistency, ErrorKind, Query, QueryMeta, QueryResult, ReadRequest, ReadResponse, RpcError,
+    WriteOp, WriteRequest, WriteResult,
 };
 use cairn_shared::{api, duration};
 use rand::Rng;
@@ -28,6 +29,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::catalog::{Command, CommandOp, StateStore, Store};
 use crate::clock::Clock;
+use crate::raft::{RaftEnvelope, RaftReply, no_leader};
+use crate::rpc::client::{CallError, RpcClient};
+use crate::rpc::{Body, Reply};
 pub use consensus::{Applied, Consensus, DevConsensus, LeaderStatus};
 use sessions::SessionTimers;
 
@@ -64,12 +68,37 @@ impl ServerConfig {
 pub const SESSION_TTL_MAX: Duration = Duration::from_secs(86_400);
 /// Consul's blocking-query jitter: up to wait/16 is added.
 const JITTER_FRACTION: u32 = 16;
+/// Consul's `rpc_hold_timeout`: how long a request waits for a leader before failing.
+pub const HOLD_TIMEOUT: Duration = Duration::from_secs(7);
+/// How long a forwarded write may take on the leader.
+const FORWARD_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Extra time a forwarded blocking read may take over its wait.
+const FORWARD_READ_MARGIN: Duration = Duration::from_secs(15);
 
 /// Answers reads and writes, locally or for agents that forward to it.
 #[async_trait]
 pub trait Rpc: Send + Sync + std::fmt::Debug {
     async fn read(&self, req: ReadRequest) -> Result<ReadResponse, RpcError>;
     async fn write(&self, req: WriteRequest) -> Result<WriteResult, RpcError>;
+
+    /// A read another server forwarded because this one is the leader: answered here or
+    /// refused, never forwarded again (no forwarding loops while leadership moves).
+    async fn read_on_leader(&self, req: ReadRequest) -> Result<ReadResponse, RpcError> {
+        self.read(req).await
+    }
+
+    /// A write another server forwarded to this one as the leader.
+    async fn write_on_leader(&self, req: WriteRequest) -> Result<WriteResult, RpcError> {
+        self.write(req).await
+    }
+
+    /// A Raft message from another server.
+    async fn raft(&self, _from: IpAddr, _env: RaftEnvelope) -> Result<RaftReply, RpcError> {
+        Err(RpcError::new(
+            ErrorKind::PermissionDenied,
+            "this agent does not run Raft",
+        ))
+    }
 }
 
 /// A server's endpoint over its state store and consensus.
@@ -88,6 +117,8 @@ struct Inner {
     /// Ends blocking queries early when the agent stops.
     shutdown: CancellationToken,
     coordinates: coordinates::Pending,
+    /// Connections to the leader, for forwarded requests.
+    forwarder: RpcClient,
 }
 
 impl Server {
@@ -111,6 +142,7 @@ impl Server {
                 timers,
                 shutdown: shutdown.clone(),
                 coordinates: coordinates::Pending::default(),
+                forwarder: RpcClient::default(),
             }),
         };
         let s = server.clone();
@@ -126,8 +158,41 @@ impl Server {
         server
             .inner
             .timers
-            .spawn(tasks, server.inner.state.clone(), shutdown);
+            .spawn(tasks, server.inner.state.clone(), shutdown.clone());
+        let s = server.clone();
+        tasks.spawn(async move { s.follow_leadership(shutdown).await });
         server
+    }
+
+    /// Session TTL timers run on the leader only. A new leader gives every TTL session a
+    /// full timer, as Consul does, so a failover can lengthen a session but not cut it.
+    async fn follow_leadership(&self, shutdown: CancellationToken) {
+        let mut rx = self.inner.consensus.leadership();
+        let mut was = false;
+        loop {
+            let leader = *rx.borrow_and_update();
+            if leader && !was {
+                tracing::info!("this server is now the leader");
+                let sessions: Vec<Session> =
+                    self.inner.state.read(|s| s.sessions().cloned().collect());
+                for s in &sessions {
+                    self.inner.timers.reset(s);
+                }
+            } else if !leader && was {
+                tracing::info!("this server is no longer the leader");
+                self.inner.timers.clear();
+            }
+            was = leader;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
+        }
+    }
+
+    /// The consensus engine, for operator endpoints.
+    pub fn consensus(&self) -> &Arc<dyn Consensus> {
+        &self.inner.consensus
     }
 
     pub fn state(&self) -> &Arc<StateStore> {
@@ -243,10 +308,127 @@ impl Server {
     }
 }
 
-#[async_trait]
-impl Rpc for Server {
-    async fn read(&self, req: ReadRequest) -> Result<ReadResponse, RpcError> {
+impl Server {
+    /// Sends a request on to the leader, waiting up to the hold timeout for one to be
+    /// known. Reads are retried after any transport failure; writes only when they
+    /// certainly did not reach the leader, so a write is never carried out twice.
+    async fn via_leader(
+        &self,
+        body: Body,
+        timeout: Duration,
+        may_forward: bool,
+    ) -> Result<Reply, RpcError> {
+        let is_read = matches!(body, Body::LeaderRead(_));
+        let deadline = tokio::time::Instant::now() + HOLD_TIMEOUT;
+        loop {
+            let status = self.inner.consensus.status();
+            if status.is_leader {
+                let local = match &body {
+                    Body::LeaderRead(r) => self.read_local(r).await.map(Reply::Read),
+                    Body::LeaderWrite(w) => self.write_local(w.clone()).await.map(Reply::Write),
+                    _ => Err(RpcError::internal(
+                        "invariant: only reads and writes are routed",
+                    )),
+                };
+                match local {
+                    Err(e) if e.kind == ErrorKind::NoLeader => {}
+                    other => return other,
+                }
+            } else if !may_forward {
+                return Err(no_leader());
+            } else if let Some(addr) = status
+                .leader_addr
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+            {
+                match self.inner.forwarder.call(addr, body.clone(), timeout).await {
+                    Ok(reply) => return Ok(reply),
+                    Err(CallError::Remote(e)) if e.kind == ErrorKind::NoLeader => {}
+                    Err(CallError::Remote(e)) => return Err(e),
+                    Err(CallError::NotSent(e)) => {
+                        tracing::debug!(leader = %addr, error = %e, "leader unreachable; waiting");
+                    }
+                    Err(CallError::Transport(e)) if is_read => {
+                        tracing::debug!(leader = %addr, error = %e, "forwarded read failed; retrying");
+                    }
+                    Err(CallError::Transport(e)) => {
+                        return Err(RpcError::internal(format!(
+                            "rpc error forwarding to the leader: {e}"
+                        )));
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(no_leader());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = self.inner.shutdown.cancelled() => return Err(no_leader()),
+            }
+        }
+    }
+
+    async fn route_read(
+        &self,
+        req: ReadRequest,
+        may_forward: bool,
+    ) -> Result<ReadResponse, RpcError> {
         self.check_dc(&req.options.datacenter)?;
+        let local_only = matches!(req.query, Query::Leader | Query::Peers | Query::Datacenters)
+            || req.options.consistency == Consistency::Stale;
+        if local_only {
+            return self.read_local(&req).await;
+        }
+        let wait = req
+            .options
+            .max_wait
+            .unwrap_or(self.inner.config.default_query_time);
+        let timeout = wait + wait / JITTER_FRACTION + FORWARD_READ_MARGIN;
+        match self
+            .via_leader(Body::LeaderRead(req), timeout, may_forward)
+            .await?
+        {
+            Reply::Read(r) => Ok(r),
+            _ => Err(RpcError::internal(
+                "the leader answered a read with something else",
+            )),
+        }
+    }
+
+    async fn route_write(
+        &self,
+        req: WriteRequest,
+        may_forward: bool,
+    ) -> Result<WriteResult, RpcError> {
+        self.check_dc(&req.datacenter)?;
+        match self
+            .via_leader(Body::LeaderWrite(req), FORWARD_WRITE_TIMEOUT, may_forward)
+            .await?
+        {
+            Reply::Write(w) => Ok(w),
+            _ => Err(RpcError::internal(
+                "the leader answered a write with something else",
+            )),
+        }
+    }
+
+    async fn read_local(&self, req: &ReadRequest) -> Result<ReadResponse, RpcError> {
+        let req = req.clone();
+        let operator = match &req.query {
+            Query::RaftConfiguration => Some(QueryResult::RaftConfiguration(
+                self.inner.consensus.raft_configuration(),
+            )),
+            Query::AutopilotHealth => Some(QueryResult::AutopilotHealth(
+                self.inner.consensus.autopilot_health(),
+            )),
+            Query::Snapshot => Some(QueryResult::Snapshot(self.snapshot()?)),
+            _ => None,
+        };
+        if let Some(result) = operator {
+            return Ok(ReadResponse {
+                meta: self.meta(self.inner.state.last_index(), &req),
+                result,
+            });
+        }
         match &req.query {
             Query::Leader => {
                 let status = self.status();
@@ -270,7 +452,7 @@ impl Rpc for Server {
             }
             _ => {}
         }
-        if req.options.consistency == cairn_shared::rpc::Consistency::Consistent {
+        if req.options.consistency == Consistency::Consistent {
             self.inner.consensus.read_barrier().await?;
         }
         let keys = Store::watch_keys(&req.query);
@@ -299,9 +481,31 @@ impl Rpc for Server {
         }
     }
 
-    async fn write(&self, req: WriteRequest) -> Result<WriteResult, RpcError> {
-        self.check_dc(&req.datacenter)?;
+    /// The whole state in the snapshot file format (`/v1/snapshot`).
+    fn snapshot(&self) -> Result<Vec<u8>, RpcError> {
+        let store = self.inner.state.read(|s| s.clone());
+        let file = crate::raft::snapshot::SnapshotFile {
+            last_log_id: None,
+            membership: Default::default(),
+            snapshot_id: format!("{}-{}", store.last_index(), uuid::Uuid::new_v4()),
+            datacenter: self.inner.config.datacenter.clone(),
+            store,
+        };
+        file.encode().map_err(RpcError::internal)
+    }
+
+    async fn write_local(&self, req: WriteRequest) -> Result<WriteResult, RpcError> {
         let op = match req.op {
+            WriteOp::RaftRemovePeer { id, address } => {
+                self.inner.consensus.remove_peer(id, address).await?;
+                return Ok(WriteResult::Bool(true));
+            }
+            WriteOp::SnapshotRestore { data } => {
+                // Refuse a damaged file here, with the reason, rather than in the log.
+                crate::raft::snapshot::SnapshotFile::decode(&data)
+                    .map_err(|e| RpcError::bad_request(format!("Snapshot restore failed: {e}")))?;
+                WriteOp::SnapshotRestore { data }
+            }
             WriteOp::SessionRenew { id } => return self.renew(&id),
             WriteOp::CoordinateUpdate(entry) => {
                 self.inner.coordinates.push(entry)?;
@@ -327,6 +531,29 @@ impl Rpc for Server {
             self.inner.timers.reset(&s);
         }
         Ok(result)
+    }
+}
+
+#[async_trait]
+impl Rpc for Server {
+    async fn read(&self, req: ReadRequest) -> Result<ReadResponse, RpcError> {
+        self.route_read(req, true).await
+    }
+
+    async fn write(&self, req: WriteRequest) -> Result<WriteResult, RpcError> {
+        self.route_write(req, true).await
+    }
+
+    async fn read_on_leader(&self, req: ReadRequest) -> Result<ReadResponse, RpcError> {
+        self.route_read(req, false).await
+    }
+
+    async fn write_on_leader(&self, req: WriteRequest) -> Result<WriteResult, RpcError> {
+        self.route_write(req, false).await
+    }
+
+    async fn raft(&self, from: IpAddr, env: RaftEnvelope) -> Result<RaftReply, RpcError> {
+        self.inner.consensus.raft_message(from, env).await
     }
 }
 

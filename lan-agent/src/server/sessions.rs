@@ -24,6 +24,8 @@ pub(super) const TTL_MULTIPLIER: u32 = 2;
 
 enum TimerOp {
     Reset(String, Duration),
+    /// Drop every timer (this server stopped being the leader).
+    Clear,
 }
 
 #[derive(Debug)]
@@ -67,6 +69,11 @@ impl SessionTimers {
         }
     }
 
+    /// Stops every timer.
+    pub(super) fn clear(&self) {
+        let _ = self.ops.send(TimerOp::Clear);
+    }
+
     /// Runs the timer task, first arming a timer for every TTL session already stored.
     pub(super) fn spawn(
         &self,
@@ -93,6 +100,10 @@ impl SessionTimers {
                                 queue.remove(&k);
                             }
                             keys.insert(id.clone(), queue.insert(id, after));
+                        }
+                        Some(TimerOp::Clear) => {
+                            queue.clear();
+                            keys.clear();
                         }
                         None => return,
                     },

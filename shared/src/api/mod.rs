@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 mod catalog;
 pub use catalog::*;
+mod operator;
+pub use operator::*;
 
 /// One KV entry, Consul's `DirEntry`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

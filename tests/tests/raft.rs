@@ -1,0 +1,443 @@
+//! Raft servers as real processes: cluster formation, replication through any server,
+//! crash safety under repeated `kill -9`, snapshots, outage recovery and refusal of
+//! foreign or damaged state.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use cairn_tests::{AgentOpts, Cluster, eventually, http_client, stdout};
+use tokio::sync::Mutex;
+
+async fn put(http: &str, key: &str, value: &str) -> Option<bool> {
+    let r = http_client()
+        .put(format!("http://{http}/v1/kv/{key}"))
+        .body(value.to_string())
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    Some(r.text().await.ok()?.trim() == "true")
+}
+
+/// Key → value of everything under `prefix`, and the `X-Consul-Index`.
+async fn list(http: &str, prefix: &str, mode: &str) -> Option<(BTreeMap<String, String>, u64)> {
+    let r = http_client()
+        .get(format!("http://{http}/v1/kv/{prefix}?recurse&{mode}"))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    let index = r
+        .headers()
+        .get("x-consul-index")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    let entries: Vec<serde_json::Value> = r.json().await.ok()?;
+    let map = entries
+        .iter()
+        .map(|e| {
+            let v = e["Value"].as_str().unwrap_or_default();
+            let raw =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, v).unwrap();
+            (
+                e["Key"].as_str().unwrap().to_string(),
+                String::from_utf8(raw).unwrap(),
+            )
+        })
+        .collect();
+    Some((map, index))
+}
+
+/// A `-bootstrap` server on 127.0.0.<octet>, once it accepts writes.
+async fn single_server(octet: u8, name: &str, extra: &[String]) -> cairn_tests::Agent {
+    let mut opts = AgentOpts::default()
+        .server()
+        .ip(std::net::Ipv4Addr::new(127, 0, 0, octet))
+        .node(name)
+        .arg("-bootstrap");
+    for a in extra {
+        opts = opts.arg(a.clone());
+    }
+    let s = opts.start().await.unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "a single server to lead",
+        || async { put(&s.addr(), "probe", "x").await.filter(|ok| *ok) },
+    )
+    .await
+    .unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_servers_form_one_cluster_replicate_and_snapshot() {
+    let c = Cluster::start(3, 30, &[]).await.unwrap();
+    // Every server lists the same three voters.
+    let peers = stdout(&c.servers[1].run_cli(&["operator", "raft", "list-peers"]));
+    assert_eq!(peers.matches("true").count(), 3, "{peers}");
+    assert_eq!(peers.matches("leader").count(), 1, "{peers}");
+
+    // Writes through any server reach all of them.
+    for (i, s) in c.servers.iter().enumerate() {
+        assert_eq!(
+            put(&s.addr(), &format!("app/k{i}"), &format!("v{i}")).await,
+            Some(true)
+        );
+    }
+    for s in &c.servers {
+        let (m, _) = eventually(Duration::from_secs(10), "replication", || async {
+            list(&s.addr(), "app/", "stale")
+                .await
+                .filter(|(m, _)| m.len() == 3)
+        })
+        .await
+        .unwrap();
+        assert_eq!(m["app/k2"], "v2");
+    }
+    // A stale read on a follower is flagged with its leader contact.
+    let leader = c.wait_leader(Duration::from_secs(5)).await.unwrap();
+    let follower = &c.servers[(leader + 1) % 3];
+    let r = http_client()
+        .get(follower.url("/v1/kv/app/k0?stale"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-consul-knownleader"], "true");
+    assert!(r.headers().contains_key("x-consul-lastcontact"));
+
+    // Snapshot save, inspect, and restore onto a fresh single-server cluster.
+    let dir = std::env::temp_dir().join(format!("cairn-snap-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("backup.snap");
+    let out = follower.run_cli(&["snapshot", "save", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("Saved and verified snapshot to index"));
+    let inspect = stdout(&follower.run_cli(&["snapshot", "inspect", file.to_str().unwrap()]));
+    assert!(inspect.contains("KV entries"), "{inspect}");
+    assert!(inspect.contains(" 3"), "{inspect}");
+
+    let fresh = single_server(36, "fresh", &[]).await;
+    let out = fresh.run_cli(&["snapshot", "restore", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let (m, _) = list(&fresh.addr(), "app/", "consistent").await.unwrap();
+    assert_eq!(m.len(), 3);
+    assert_eq!(m["app/k1"], "v1");
+    // The catalog came back too: the three servers' nodes.
+    let nodes = fresh.get_json("/v1/catalog/nodes").await;
+    let names: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["Node"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"s30") && names.contains(&"s32"),
+        "{names:?}"
+    );
+
+    // A damaged snapshot is refused with the reason and nothing changes.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    let bad = dir.join("bad.snap");
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = fresh.run_cli(&["snapshot", "restore", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(cairn_tests::stderr(&out).contains("checksum"), "{out:?}");
+    assert_eq!(
+        list(&fresh.addr(), "app/", "consistent")
+            .await
+            .unwrap()
+            .0
+            .len(),
+        3
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The issue's crash test: writers on all three servers while the leader, then another
+/// server, is killed with -9 and restarted, five rounds. Every acknowledged write must be
+/// on every server afterwards, and all servers must agree on the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_five_rounds_of_kill_9() {
+    let mut c = Cluster::start(3, 40, &[]).await.unwrap();
+    let addrs: Vec<String> = c.servers.iter().map(|s| s.addr()).collect();
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (w, addr) in addrs.iter().enumerate() {
+        let (addr, acked, stop) = (addr.clone(), acked.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut seq = 0u64;
+            let mut attempts = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                attempts += 1;
+                let (key, value) = (format!("crash/w{w}/{seq:06}"), format!("value-{w}-{seq}"));
+                if put(&addr, &key, &value).await == Some(true) {
+                    acked.lock().await.insert(key, value);
+                } else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            attempts
+        }));
+    }
+    for round in 0..5 {
+        let leader = c.wait_leader(Duration::from_secs(30)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        c.servers[leader].kill9();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        c.servers[leader].respawn().unwrap();
+        c.wait_leader(Duration::from_secs(30)).await.unwrap();
+        let other = (leader + 1 + round % 2) % 3;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        c.servers[other].kill9();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        c.servers[other].respawn().unwrap();
+    }
+    c.wait_leader(Duration::from_secs(30)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut attempts = 0;
+    for w in writers {
+        attempts += w.await.unwrap();
+    }
+    let acked = acked.lock().await.clone();
+    println!(
+        "crash test: {} writes acknowledged of {attempts} attempted over 5 rounds",
+        acked.len()
+    );
+    assert!(
+        acked.len() > 50,
+        "too few writes got through: {}",
+        acked.len()
+    );
+
+    for (i, addr) in addrs.iter().enumerate() {
+        for mode in ["consistent", "stale"] {
+            let found = eventually(Duration::from_secs(20), "every acked key", || async {
+                list(addr, "crash/", mode)
+                    .await
+                    .filter(|(m, _)| acked.iter().all(|(k, v)| m.get(k) == Some(v)))
+            })
+            .await;
+            let (m, _) = match found {
+                Ok(found) => found,
+                Err(e) => {
+                    let (m, _) = list(addr, "crash/", mode).await.unwrap_or_default();
+                    let missing: Vec<_> = acked
+                        .keys()
+                        .filter(|k| !m.contains_key(*k))
+                        .take(5)
+                        .collect();
+                    panic!("server {i} ({mode}): {e}; missing e.g. {missing:?}");
+                }
+            };
+            assert!(m.len() >= acked.len());
+        }
+    }
+    // All three settle on the same index for the whole keyspace.
+    eventually(
+        Duration::from_secs(20),
+        "the same X-Consul-Index everywhere",
+        || async {
+            let mut seen = Vec::new();
+            for addr in &addrs {
+                seen.push(list(addr, "", "stale").await?.1);
+            }
+            seen.windows(2).all(|w| w[0] == w[1]).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Quorum lost for good: two of three servers are gone. The survivor is stopped, given a
+/// `peers.json` naming only itself, and started: it leads alone with every write kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outage_recovery_with_peers_json() {
+    let mut c = Cluster::start(3, 50, &[]).await.unwrap();
+    for i in 0..10 {
+        assert_eq!(
+            put(&c.servers[0].addr(), &format!("keep/{i}"), "x").await,
+            Some(true)
+        );
+    }
+    let survivor = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let dead: Vec<usize> = (0..3).filter(|i| *i != survivor).collect();
+    for d in &dead {
+        c.servers[*d].kill9();
+    }
+    // Without quorum the leader steps down (its lease runs out) and writes fail after
+    // the hold time with Consul's message.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = http_client()
+        .put(c.servers[survivor].url("/v1/kv/keep/lost"))
+        .body("y")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    assert!(r.text().await.unwrap().contains("No cluster leader"));
+
+    let s = &mut c.servers[survivor];
+    s.kill9();
+    let data = s.data_dir.clone().unwrap();
+    let id = std::fs::read_to_string(data.join("node-id")).unwrap();
+    let peers = serde_json::json!([{ "id": id.trim(), "address": s.rpc.unwrap().to_string(), "non_voter": false }]);
+    std::fs::write(data.join("raft/peers.json"), peers.to_string()).unwrap();
+    s.restart().await.unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the survivor to lead alone",
+        || async { put(&s.addr(), "keep/after", "z").await.filter(|ok| *ok) },
+    )
+    .await
+    .unwrap();
+    let (m, _) = list(&s.addr(), "keep/", "consistent").await.unwrap();
+    assert_eq!(m.len(), 11, "{m:?}");
+    assert!(!data.join("raft/peers.json").exists());
+    assert!(data.join("raft/peers.info").exists());
+    let peers = stdout(&s.run_cli(&["operator", "raft", "list-peers"]));
+    assert_eq!(peers.matches("leader").count(), 1, "{peers}");
+    assert_eq!(peers.matches(" true ").count(), 1, "{peers}");
+}
+
+/// A damaged log or snapshot stops the server at start with the file named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_log_or_snapshot_is_reported_at_start() {
+    let cfg = std::env::temp_dir().join(format!("cairn-snapcfg-{}.json", std::process::id()));
+    std::fs::write(&cfg, r#"{"raft_snapshot_threshold": 20}"#).unwrap();
+    let mut s = single_server(56, "lonely", &[format!("-config-file={}", cfg.display())]).await;
+    for i in 0..60 {
+        assert_eq!(
+            put(&s.addr(), &format!("fill/{i}"), "data").await,
+            Some(true)
+        );
+    }
+    let data = s.data_dir.clone().unwrap();
+    let snaps = data.join("raft/snapshots");
+    let snap = eventually(Duration::from_secs(10), "a snapshot file", || async {
+        std::fs::read_dir(&snaps)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+            .max()
+    })
+    .await
+    .unwrap();
+
+    // A clean restart keeps everything (snapshot plus log tail).
+    s.restart().await.unwrap();
+    let (m, _) = eventually(Duration::from_secs(15), "data after restart", || async {
+        list(&s.addr(), "fill/", "consistent").await
+    })
+    .await
+    .unwrap();
+    assert_eq!(m.len(), 60);
+
+    s.kill9();
+    let newest = std::fs::read_dir(&snaps)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+        .max()
+        .unwrap_or(snap);
+    let len = std::fs::metadata(&newest).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    s.respawn().unwrap();
+    let status = s
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("the server must refuse to start");
+    assert!(!status.success());
+    let log = s.log_text();
+    assert!(log.contains(&newest.display().to_string()), "{log}");
+
+    // Now the log: overwrite the middle of the redb file.
+    std::fs::remove_dir_all(&snaps).unwrap();
+    let db = data.join("raft/raft.redb");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let n = bytes.len();
+    for b in &mut bytes[n / 3..n / 3 + 4096] {
+        *b = 0xA5;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    s.respawn().unwrap();
+    let status = s
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("the server must refuse to start");
+    assert!(!status.success());
+    assert!(
+        s.log_text().contains(&db.display().to_string()),
+        "{}",
+        s.log_text()
+    );
+    let _ = std::fs::remove_file(&cfg);
+}
+
+/// Servers of another datacenter, or with another cluster's data directory, never enter
+/// the configuration, and say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn foreign_servers_are_refused() {
+    let c = Cluster::start(3, 60, &[]).await.unwrap();
+    let other_dc = AgentOpts::default()
+        .server()
+        .ip(std::net::Ipv4Addr::new(127, 0, 0, 66))
+        .node("dc2-server")
+        .arg("-datacenter=dc2")
+        .arg("-bootstrap")
+        .arg(format!("-retry-join={}", c.servers[0].serf))
+        .start()
+        .await
+        .unwrap();
+    // A server from another cluster: bootstrapped alone, then pointed at this pool.
+    let mut foreign = single_server(67, "foreign", &[]).await;
+    foreign.kill9();
+    foreign.push_arg(format!("-retry-join={}", c.servers[0].serf));
+    foreign.respawn().unwrap();
+    let leader = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let l = &c.servers[leader];
+    eventually(
+        Duration::from_secs(20),
+        "the foreign server to be refused",
+        || async { foreign.log_text().contains("another cluster").then_some(()) },
+    )
+    .await
+    .unwrap();
+    assert!(
+        l.log_text().contains("another datacenter"),
+        "{}",
+        l.log_text()
+    );
+    let config = l.get_json("/v1/operator/raft/configuration").await;
+    let voters: Vec<&str> = config["Servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["Voter"].as_bool().unwrap())
+        .map(|s| s["Node"].as_str().unwrap())
+        .collect();
+    assert_eq!(voters.len(), 3, "{config}");
+    assert!(!voters.contains(&"foreign") && !voters.contains(&"dc2-server"));
+    drop(other_dc);
+}
