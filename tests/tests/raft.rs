@@ -441,3 +441,88 @@ async fn foreign_servers_are_refused() {
     assert!(!voters.contains(&"foreign") && !voters.contains(&"dc2-server"));
     drop(other_dc);
 }
+
+/// Voters and non-voters in the leader's configuration, by node name.
+async fn configuration(s: &cairn_tests::Agent) -> (Vec<String>, Vec<String>) {
+    let config = s.get_json("/v1/operator/raft/configuration").await;
+    let mut voters = Vec::new();
+    let mut others = Vec::new();
+    for srv in config["Servers"].as_array().cloned().unwrap_or_default() {
+        let name = srv["Node"].as_str().unwrap_or_default().to_string();
+        if srv["Voter"].as_bool() == Some(true) {
+            voters.push(name);
+        } else {
+            others.push(name);
+        }
+    }
+    voters.sort();
+    (voters, others)
+}
+
+/// A server added later becomes a voter once it has been healthy for the stabilisation
+/// time; one that leaves is removed; a dead one can be removed by the operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn autopilot_promotes_new_servers_and_removes_departed_ones() {
+    let cfg = std::env::temp_dir().join(format!("cairn-autopilot-{}.json", std::process::id()));
+    std::fs::write(
+        &cfg,
+        r#"{"autopilot": {"server_stabilization_time": "2s"}}"#,
+    )
+    .unwrap();
+    let cfg_arg = format!("-config-file={}", cfg.display());
+    let mut c = Cluster::start(3, 70, &[cfg_arg.as_str()]).await.unwrap();
+    let fourth = AgentOpts::default()
+        .server()
+        .ip(std::net::Ipv4Addr::new(127, 0, 0, 73))
+        .node("s73")
+        .arg(format!("-retry-join={}", c.servers[0].serf))
+        .arg(cfg_arg.clone())
+        .start()
+        .await
+        .unwrap();
+    let l = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let voters = eventually(
+        Duration::from_secs(30),
+        "the new server to vote",
+        || async {
+            let (v, _) = configuration(&c.servers[l]).await;
+            (v.len() == 4).then_some(v)
+        },
+    )
+    .await
+    .unwrap();
+    assert!(voters.contains(&"s73".to_string()), "{voters:?}");
+    let health = c.servers[l].get_json("/v1/operator/autopilot/health").await;
+    assert_eq!(health["FailureTolerance"], 1, "{health}");
+
+    // A graceful leave takes it out of the configuration.
+    let out = fourth.run_cli(&["leave"]);
+    assert!(out.status.success(), "{out:?}");
+    eventually(
+        Duration::from_secs(30),
+        "the leaver to be removed",
+        || async {
+            let (v, o) = configuration(&c.servers[l]).await;
+            (v.len() == 3 && !v.contains(&"s73".to_string()) && o.is_empty()).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+
+    // A crashed follower stays until an operator removes it.
+    let victim = (l + 1) % 3;
+    let addr = c.servers[victim].rpc.unwrap().to_string();
+    c.servers[victim].kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(configuration(&c.servers[l]).await.0.len(), 3);
+    let out = c.servers[l].run_cli(&[
+        "operator",
+        "raft",
+        "remove-peer",
+        &format!("-address={addr}"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains(&format!("Removed peer with address \"{addr}\"")));
+    assert_eq!(configuration(&c.servers[l]).await.0.len(), 2);
+    let _ = std::fs::remove_file(&cfg);
+}

@@ -21,6 +21,8 @@ use crate::catalog::CommandOp;
 use crate::gossip::{Gossip, MemberInfo, MemberStatus};
 
 const FULL_EVERY: Duration = Duration::from_secs(60);
+/// How long a new leader's first pass waits for it to hold its lease.
+const LEASE_WAIT: Duration = Duration::from_secs(10);
 const ALIVE_OUTPUT: &str = "Agent alive and reachable";
 const FAILED_OUTPUT: &str = "Agent not live or unreachable";
 
@@ -31,12 +33,23 @@ pub async fn reconcile_loop(
     shutdown: CancellationToken,
 ) {
     let mut members = gossip.subscribe();
+    let mut leadership = server.consensus().leadership();
     let mut full = tokio::time::interval(FULL_EVERY);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = members.changed() => if changed.is_err() { return },
+            // A new leader reconciles at once rather than at the next full pass.
+            changed = leadership.changed() => if changed.is_err() { return },
             _ = full.tick() => {}
+        }
+        // A new leader holds its lease once a quorum has answered a heartbeat.
+        let since = tokio::time::Instant::now();
+        while *leadership.borrow() && !server.status().is_leader && since.elapsed() < LEASE_WAIT {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
         }
         if !server.status().is_leader {
             continue;
