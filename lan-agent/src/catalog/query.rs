@@ -286,7 +286,12 @@ impl Store {
         let Some(origin) = self.coordinates.get(near) else {
             return;
         };
+        // The node itself always comes first, even when another sits at the same point
+        // (fresh coordinates all start at the origin).
         let dist = |node: &str| {
+            if node == near {
+                return -1.0;
+            }
             self.coordinates
                 .get(node)
                 .map_or(f64::INFINITY, |c| origin.distance_to_secs(c))
