@@ -155,10 +155,7 @@ impl Server {
         let stop = shutdown.clone();
         let period = server.inner.config.coordinate_batch_period;
         tasks.spawn(async move { coordinates::flush_loop(s, period, stop).await });
-        server
-            .inner
-            .timers
-            .spawn(tasks, server.inner.state.clone(), shutdown.clone());
+        server.inner.timers.spawn(tasks, shutdown.clone());
         let s = server.clone();
         tasks.spawn(async move { s.follow_leadership(shutdown).await });
         server

@@ -6,7 +6,7 @@
 //! short.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use cairn_shared::api::Session;
@@ -16,8 +16,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::time::DelayQueue;
 use tokio_util::time::delay_queue::Key;
-
-use crate::catalog::StateStore;
 
 /// Consul's `SessionTTLMultiplier`.
 pub(super) const TTL_MULTIPLIER: u32 = 2;
@@ -74,20 +72,12 @@ impl SessionTimers {
         let _ = self.ops.send(TimerOp::Clear);
     }
 
-    /// Runs the timer task, first arming a timer for every TTL session already stored.
-    pub(super) fn spawn(
-        &self,
-        tasks: &TaskTracker,
-        state: Arc<StateStore>,
-        shutdown: CancellationToken,
-    ) {
+    /// Runs the timer task. Timers for sessions already stored are armed by the server
+    /// when it becomes the leader, not here: a follower keeps none.
+    pub(super) fn spawn(&self, tasks: &TaskTracker, shutdown: CancellationToken) {
         let Some(mut task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
-        let existing: Vec<Session> = state.read(|s| s.sessions().cloned().collect());
-        for s in &existing {
-            self.reset(s);
-        }
         tasks.spawn(async move {
             let mut queue: DelayQueue<String> = DelayQueue::new();
             let mut keys: HashMap<String, Key> = HashMap::new();
