@@ -6,10 +6,12 @@
 //!   the servers, locally, over the LAN or across datacenters.
 //! - [`duration`]: Go-style duration parsing and formatting.
 //! - [`coordinate`]: Serf's Vivaldi network coordinates (pure math).
+//! - [`gossip`]: SWIM membership with Lifeguard, as a sans-I/O state machine.
 //!
 //! Nothing here opens a socket or needs an async runtime.
 
 pub mod api;
 pub mod coordinate;
 pub mod duration;
+pub mod gossip;
 pub mod rpc;

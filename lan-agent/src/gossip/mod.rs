@@ -14,7 +14,7 @@
 mod driver;
 mod envelope;
 pub mod keyring;
-pub mod swim;
+pub use cairn_shared::gossip::swim;
 pub mod transport;
 
 use std::collections::BTreeMap;
