@@ -450,7 +450,7 @@ async fn start_gossip(
         g.snapshot_path = Some(snapshot_path(dir));
         g.known = known;
     }
-    Gossip::start(
+    crate::gossip::start(
         g,
         Arc::new(transport),
         events,

@@ -9,31 +9,14 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
+pub use cairn_shared::api::{UserEvent, event_index as index_of};
 use regex::Regex;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 /// How many events an agent keeps.
 pub const KEEP: usize = 256;
 /// Serf's default limit on name plus payload.
 pub const SIZE_LIMIT: usize = 512;
-
-/// A user event as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-pub struct UserEvent {
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub name: String,
-    #[serde(with = "cairn_shared::api::bytes_b64")]
-    pub payload: Option<Vec<u8>>,
-    pub node_filter: String,
-    pub service_filter: String,
-    pub tag_filter: String,
-    pub version: u32,
-    #[serde(rename = "LTime")]
-    pub ltime: u64,
-}
 
 /// What this agent is, for matching filters: its node name and (service, tags) pairs.
 pub trait LocalServices: Send + Sync {
@@ -77,15 +60,6 @@ impl Default for Events {
             outbox: Mutex::new(None),
         }
     }
-}
-
-/// Consul derives `/v1/event/list`'s index from the newest event ID: the two halves of the
-/// UUID XORed.
-pub fn index_of(id: &str) -> u64 {
-    uuid::Uuid::parse_str(id).map_or(0, |u| {
-        let (hi, lo) = u.as_u64_pair();
-        hi ^ lo
-    })
 }
 
 fn compile(what: &'static str, re: &str) -> Result<Option<Regex>, EventError> {

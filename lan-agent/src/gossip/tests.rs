@@ -55,7 +55,7 @@ fn start(fabric: &Fabric, i: usize, tune: impl FnOnce(&mut GossipConfig)) -> Nod
     });
     let events = Arc::new(Events::default());
     let shutdown = CancellationToken::new();
-    let gossip = Gossip::start(
+    let gossip = super::start(
         config,
         Arc::new(fabric.transport(addr(i))),
         events.clone(),
@@ -512,7 +512,7 @@ async fn real_sockets_shrug_off_garbage() {
             services: vec![],
         });
         let shutdown = CancellationToken::new();
-        let gossip = Gossip::start(
+        let gossip = super::start(
             config,
             Arc::new(transport),
             Arc::new(Events::default()),

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 mod catalog;
 pub use catalog::*;
+mod event;
+pub use event::*;
 mod operator;
 pub use operator::*;
 

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use cairn_shared::coordinate::{Client as Vivaldi, Config as VivaldiConfig, Coordinate};
+use crate::coordinate::{Client as Vivaldi, Config as VivaldiConfig, Coordinate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -17,10 +17,10 @@ use super::keyring::{self, Keyring};
 use super::swim::{Effect, PushPullState, State, Swim};
 use super::transport::{BoxStream, GossipTransport};
 use super::{
-    Cmd, GossipConfig, GossipError, KeyOp, KeyringReport, METRIC_BAD_PACKETS, MemberInfo,
-    MemberStatus, decode_tags, encode_tags,
+    Cmd, EventSink, GossipConfig, GossipError, KeyOp, KeyringReport, METRIC_BAD_PACKETS,
+    MemberInfo, MemberStatus, decode_tags, encode_tags,
 };
-use crate::events::{Events, LocalServices, UserEvent};
+use crate::api::{UserEvent, event_index};
 
 /// Stream kinds, the first byte of a gossip TCP connection.
 const STREAM_PUSH_PULL: u8 = b'P';
@@ -37,8 +37,7 @@ const SEEN: usize = 4096;
 pub(super) struct Parts {
     pub config: GossipConfig,
     pub transport: Arc<dyn GossipTransport>,
-    pub events: Arc<Events>,
-    pub local: Arc<dyn LocalServices>,
+    pub sink: Arc<dyn EventSink>,
     pub commands: mpsc::UnboundedReceiver<Cmd>,
     pub fired: mpsc::UnboundedReceiver<UserEvent>,
 }
@@ -113,8 +112,7 @@ struct Driver {
     members_tx: watch::Sender<Arc<Vec<MemberInfo>>>,
     coord_tx: watch::Sender<Coordinate>,
     vivaldi: Vivaldi,
-    events: Arc<Events>,
-    local: Arc<dyn LocalServices>,
+    sink: Arc<dyn EventSink>,
     internal_tx: mpsc::UnboundedSender<Internal>,
     tasks: TaskTracker,
     /// Failed members told to be gone (`force-leave`): shown as left, reaped as left.
@@ -157,8 +155,7 @@ pub(super) fn spawn(
     let Parts {
         config,
         transport,
-        events,
-        local,
+        sink,
         commands,
         fired,
     } = parts;
@@ -195,8 +192,7 @@ pub(super) fn spawn(
         members_tx,
         coord_tx,
         vivaldi,
-        events,
-        local,
+        sink,
         internal_tx,
         tasks: tasks.clone(),
         force_left: HashMap::new(),
@@ -407,7 +403,7 @@ impl Driver {
                 }
                 Some(cmd) = commands.recv() => self.command(cmd),
                 Some(ev) = fired.recv() => {
-                    self.remember(crate::events::index_of(&ev.id));
+                    self.remember(event_index(&ev.id));
                     self.send_event(ev);
                 }
                 Some(msg) = internal.recv() => self.internal(msg),
@@ -650,15 +646,15 @@ impl Driver {
             if deliver {
                 self.receive_event(ev);
             } else {
-                self.remember(crate::events::index_of(&ev.id));
+                self.remember(event_index(&ev.id));
             }
         }
     }
 
     /// An event from gossip or push/pull: delivered and re-gossiped the first time only.
     fn receive_event(&mut self, ev: UserEvent) {
-        if self.remember(crate::events::index_of(&ev.id)) {
-            self.events.deliver(ev.clone(), self.local.as_ref());
+        if self.remember(event_index(&ev.id)) {
+            self.sink.deliver(ev.clone());
             self.send_event(ev);
         }
     }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use super::KeyOp;
-use crate::events::UserEvent;
+use crate::api::UserEvent;
 
 const VERSION: u8 = 1;
 
