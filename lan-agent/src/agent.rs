@@ -29,7 +29,7 @@ use crate::local::persist::Persist;
 use crate::local::sync::{AntiEntropy, NodeInfo};
 use crate::local::{LocalAgent, LocalConfig, LocalError};
 use crate::raft::{RaftConsensus, RaftSettings};
-use crate::rpc::{self, client::ClientRpc, client::RpcClient, client::ServerSource};
+use crate::rpc::{self, ClientRpc, Endpoint, RpcClient, ServerSource};
 use crate::server::reconcile::reconcile_loop;
 use crate::server::{Consensus, DevConsensus, Rpc, Server, ServerConfig};
 use crate::telemetry::{Telemetry, names};
@@ -403,9 +403,9 @@ async fn start_server(
         tasks,
         shutdown.clone(),
     );
-    tasks.spawn(rpc::server::serve(
+    tasks.spawn(rpc::serve(
         listener,
-        Arc::new(server.clone()),
+        Arc::new(Endpoint(Arc::new(server.clone()))),
         tasks.clone(),
         shutdown.clone(),
     ));

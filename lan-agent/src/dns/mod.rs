@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_shared::api::{CheckStatus, ServiceEntry};
-use cairn_shared::rpc::{Consistency, Query, QueryOptions, QueryResult, ReadRequest, RpcError};
+use cairn_shared::rpc::{
+    Consistency, ErrorKind, Query, QueryOptions, QueryResult, ReadRequest, RpcError,
+};
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::{Name, Record, RecordType};
 use hickory_server::net::runtime::Time;
@@ -166,7 +168,7 @@ impl ConsulDns {
     /// An RPC failure as Consul maps it: unknown datacenter is NXDOMAIN, anything else
     /// SERVFAIL.
     fn rpc_failure(&self, e: &RpcError) -> Answer {
-        if e.message.contains("No path to datacenter") {
+        if e.kind == ErrorKind::UnknownDatacenter {
             self.nxdomain()
         } else {
             tracing::warn!(error = %e, "DNS lookup failed");

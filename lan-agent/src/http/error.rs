@@ -40,7 +40,10 @@ impl From<RpcError> for ApiError {
             ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Conflict => StatusCode::CONFLICT,
-            ErrorKind::Internal | ErrorKind::NoLeader => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Internal
+            | ErrorKind::NoLeader
+            | ErrorKind::UnknownDatacenter
+            | ErrorKind::NoServer => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, e.message)
     }

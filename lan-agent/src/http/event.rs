@@ -1,12 +1,10 @@
 //! `/v1/event/fire/:name` and `/v1/event/list`: user events, answered by this agent.
 
-use std::time::Duration;
-
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::{get, put};
-use cairn_shared::rpc::{Consistency, QueryMeta};
+use cairn_shared::rpc::{Consistency, QueryMeta, timeouts};
 
 use super::error::{ApiError, ApiResult};
 use super::{HttpState, Params, json, methods, path_tail, query_json, read_body};
@@ -46,9 +44,9 @@ async fn list(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiR
     if options.min_index > 0 && index == options.min_index {
         let wait = options
             .max_wait
-            .unwrap_or(Duration::from_secs(300))
-            .min(Duration::from_secs(600));
-        let deadline = tokio::time::Instant::now() + wait + wait / 16;
+            .unwrap_or(timeouts::DEFAULT_QUERY_TIME)
+            .min(timeouts::MAX_QUERY_TIME);
+        let deadline = tokio::time::Instant::now() + wait + wait / timeouts::JITTER_FRACTION;
         while index == options.min_index {
             tokio::select! {
                 r = changes.changed() => if r.is_err() { break },

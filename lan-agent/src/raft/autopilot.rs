@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::network::send;
 use super::{NodeId, RaftConsensus, RaftMsg, RaftNode, RaftReply, raft_id};
 use crate::gossip::{Gossip, MemberStatus};
-use crate::rpc::client::RpcClient;
+use crate::rpc::RpcClient;
 
 const TICK: Duration = Duration::from_secs(1);
 /// A learner within this many entries of the leader counts as caught up.

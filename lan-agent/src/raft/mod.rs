@@ -305,6 +305,18 @@ impl std::fmt::Debug for RaftConsensus {
     }
 }
 
+/// A Raft message as it arrived in an RPC frame (malformed ones are counted).
+pub fn decode_message(bytes: &[u8]) -> Result<RaftEnvelope, RpcError> {
+    cairn_shared::rpc::wire::decode(bytes).inspect_err(|_| {
+        metrics::counter!(crate::rpc::METRIC_BAD_FRAMES).increment(1);
+    })
+}
+
+/// A Raft answer as it goes back in an RPC frame.
+pub fn encode_reply(reply: &RaftReply) -> Result<Vec<u8>, RpcError> {
+    cairn_shared::rpc::wire::encode(reply)
+}
+
 pub fn no_leader() -> RpcError {
     RpcError::new(ErrorKind::NoLeader, "No cluster leader")
 }

@@ -16,8 +16,8 @@ use openraft::raft::{
 };
 
 use super::{NodeId, RaftEnvelope, RaftMsg, RaftNode, RaftReply, Shared, TypeConfig};
-use crate::rpc::client::{CallError, RpcClient};
-use crate::rpc::{Body, Reply};
+use crate::rpc::{Body, CallError, Reply, RpcClient};
+use cairn_shared::rpc::wire::{decode, encode};
 
 /// Makes a connection handle per peer; all share one [`RpcClient`].
 #[derive(Clone)]
@@ -72,11 +72,9 @@ pub async fn send(
         from: shared.id,
         msg,
     };
-    match client
-        .call(addr, Body::Raft(Box::new(env)), timeout)
-        .await?
-    {
-        Reply::Raft(r) => Ok(*r),
+    let frame = encode(&env).map_err(|e| CallError::NotSent(e.message))?;
+    match client.call(addr, Body::Raft(frame), timeout).await? {
+        Reply::Raft(r) => decode(&r).map_err(|e| CallError::Transport(e.message)),
         _ => Err(CallError::Transport(
             "a Raft message got a non-Raft answer".into(),
         )),

@@ -29,9 +29,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::catalog::{Command, CommandOp, StateStore, Store};
 use crate::clock::Clock;
-use crate::raft::{RaftEnvelope, RaftReply, no_leader};
-use crate::rpc::client::{CallError, RpcClient};
-use crate::rpc::{Body, Reply};
+use crate::events::UserEvent;
+use crate::raft::no_leader;
+use crate::rpc::{Body, CallError, Reply, RpcClient};
+use cairn_shared::rpc::timeouts::{self, JITTER_FRACTION, WRITE_TIMEOUT};
 pub use consensus::{Applied, Consensus, DevConsensus, LeaderStatus};
 use sessions::SessionTimers;
 
@@ -55,8 +56,8 @@ impl ServerConfig {
     pub fn new(datacenter: &str) -> Self {
         Self {
             datacenter: datacenter.to_string(),
-            default_query_time: Duration::from_secs(300),
-            max_query_time: Duration::from_secs(600),
+            default_query_time: timeouts::DEFAULT_QUERY_TIME,
+            max_query_time: timeouts::MAX_QUERY_TIME,
             session_ttl_min: Duration::from_secs(10),
             tombstone_ttl: Duration::from_secs(15 * 60),
             coordinate_batch_period: Duration::from_secs(5),
@@ -66,14 +67,6 @@ impl ServerConfig {
 
 /// Consul's `SessionTTLMax`.
 pub const SESSION_TTL_MAX: Duration = Duration::from_secs(86_400);
-/// Consul's blocking-query jitter: up to wait/16 is added.
-const JITTER_FRACTION: u32 = 16;
-/// Consul's `rpc_hold_timeout`: how long a request waits for a leader before failing.
-pub const HOLD_TIMEOUT: Duration = Duration::from_secs(7);
-/// How long a forwarded write may take on the leader.
-const FORWARD_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Extra time a forwarded blocking read may take over its wait.
-const FORWARD_READ_MARGIN: Duration = Duration::from_secs(15);
 
 /// Answers reads and writes, locally or for agents that forward to it.
 #[async_trait]
@@ -92,11 +85,21 @@ pub trait Rpc: Send + Sync + std::fmt::Debug {
         self.write(req).await
     }
 
-    /// A Raft message from another server.
-    async fn raft(&self, _from: IpAddr, _env: RaftEnvelope) -> Result<RaftReply, RpcError> {
+    /// A Raft message from another server, as the consensus engine encoded it; the
+    /// answer likewise.
+    async fn raft(&self, _from: IpAddr, _message: Vec<u8>) -> Result<Vec<u8>, RpcError> {
         Err(RpcError::new(
             ErrorKind::PermissionDenied,
             "this agent does not run Raft",
+        ))
+    }
+
+    /// Fires a user event into the LAN pool of `datacenter` (a server's own or, through a
+    /// WAN router, another's).
+    async fn fire_event(&self, _datacenter: String, _event: UserEvent) -> Result<(), RpcError> {
+        Err(RpcError::new(
+            ErrorKind::BadRequest,
+            "this agent does not fire events for others",
         ))
     }
 }
@@ -213,7 +216,7 @@ impl Server {
         if dc.is_empty() || dc == self.inner.config.datacenter {
             Ok(())
         } else {
-            Err(RpcError::internal("No path to datacenter"))
+            Err(RpcError::unknown_datacenter())
         }
     }
 
@@ -316,7 +319,7 @@ impl Server {
         may_forward: bool,
     ) -> Result<Reply, RpcError> {
         let is_read = matches!(body, Body::LeaderRead(_));
-        let deadline = tokio::time::Instant::now() + HOLD_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + timeouts::HOLD_TIMEOUT;
         loop {
             let status = self.inner.consensus.status();
             if status.is_leader {
@@ -379,7 +382,7 @@ impl Server {
             .options
             .max_wait
             .unwrap_or(self.inner.config.default_query_time);
-        let timeout = wait + wait / JITTER_FRACTION + FORWARD_READ_MARGIN;
+        let timeout = timeouts::read_timeout(Some(wait));
         match self
             .via_leader(Body::LeaderRead(req), timeout, may_forward)
             .await?
@@ -398,7 +401,7 @@ impl Server {
     ) -> Result<WriteResult, RpcError> {
         self.check_dc(&req.datacenter)?;
         match self
-            .via_leader(Body::LeaderWrite(req), FORWARD_WRITE_TIMEOUT, may_forward)
+            .via_leader(Body::LeaderWrite(req), WRITE_TIMEOUT, may_forward)
             .await?
         {
             Reply::Write(w) => Ok(w),
@@ -549,8 +552,10 @@ impl Rpc for Server {
         self.route_write(req, false).await
     }
 
-    async fn raft(&self, from: IpAddr, env: RaftEnvelope) -> Result<RaftReply, RpcError> {
-        self.inner.consensus.raft_message(from, env).await
+    async fn raft(&self, from: IpAddr, message: Vec<u8>) -> Result<Vec<u8>, RpcError> {
+        let env = crate::raft::decode_message(&message)?;
+        let reply = self.inner.consensus.raft_message(from, env).await?;
+        crate::raft::encode_reply(&reply)
     }
 }
 

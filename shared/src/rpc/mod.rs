@@ -5,12 +5,23 @@
 //! request for another datacenter travels through a WAN router. Keeping them plain data is
 //! what lets the same request run locally, across the LAN, or across datacenters, and lets a
 //! blocking query wait on the server that holds the data, as Consul's do.
+//!
+//! - [`wire`]: frames and the bodies the RPC port carries; [`timeouts`]: every wait, once.
+//! - With the `net` feature, [`client`] (multiplexed connections that tell a request never
+//!   sent from one whose fate is unknown) and [`server`] (the accept loop, one task per
+//!   request, answers tagged with their IDs).
 
+#[cfg(feature = "net")]
+pub mod client;
+#[cfg(feature = "net")]
+pub mod server;
+pub mod timeouts;
+pub mod wire;
+
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
-use std::collections::BTreeMap;
 
 use crate::api::{
     CheckStatus, CoordinateEntry, DeregisterRequest, HealthCheck, KvTxnOp, Node, NodeServiceList,
@@ -264,6 +275,11 @@ pub enum ErrorKind {
     Internal,
     /// This server is not the leader and knows of none (yet): `No cluster leader`.
     NoLeader,
+    /// No router knows the datacenter: `No path to datacenter` (DNS: NXDOMAIN).
+    UnknownDatacenter,
+    /// The datacenter is known but none of its servers answered:
+    /// `Remote DC has no server currently reachable`.
+    NoServer,
 }
 
 /// An error that crosses the RPC boundary, with Consul's message text.
@@ -292,6 +308,19 @@ impl RpcError {
 
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, message)
+    }
+
+    /// Consul's error for a datacenter no router knows.
+    pub fn unknown_datacenter() -> Self {
+        Self::new(ErrorKind::UnknownDatacenter, "No path to datacenter")
+    }
+
+    /// Consul's error for a known datacenter none of whose servers could be reached.
+    pub fn no_server() -> Self {
+        Self::new(
+            ErrorKind::NoServer,
+            "Remote DC has no server currently reachable",
+        )
     }
 
     /// Consul's text when no leader is elected within `rpc_hold_timeout`.

@@ -1,11 +1,13 @@
-//! The server side of the RPC port: accepts connections, answers each request in its own
-//! task through the server's [`Rpc`], and writes the answers back tagged with their IDs.
+//! The serving side of the RPC port: accepts connections, answers each request in its own
+//! task through a [`Handler`], and writes the answers back tagged with their IDs. Servers
+//! serve their endpoint this way, WAN routers their local forwarding API.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -14,8 +16,16 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Body, METRIC_BAD_FRAMES, PROTO_RPC, Reply, Request, Response, codec, decode, encode};
-use crate::server::Rpc;
+use super::RpcError;
+use super::wire::{
+    Body, MAX_FRAME, METRIC_BAD_FRAMES, PROTO_RPC, Reply, Request, Response, codec, decode, encode,
+};
+
+/// Answers one request; `peer` is the address the connection came from.
+#[async_trait]
+pub trait Handler: Send + Sync {
+    async fn handle(&self, peer: IpAddr, body: Body) -> Result<Reply, RpcError>;
+}
 
 /// How long a new connection may take to say which protocol it speaks.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,7 +73,7 @@ impl Drop for Slot {
 /// Accepts RPC connections until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
-    rpc: Arc<dyn Rpc>,
+    handler: Arc<dyn Handler>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -85,12 +95,12 @@ pub async fn serve(
             tracing::warn!(%peer, "refused an RPC connection: too many from this address");
             continue;
         };
-        let rpc = rpc.clone();
+        let handler = handler.clone();
         let stop = shutdown.clone();
         let inner = tasks.clone();
         tasks.spawn(async move {
             let _slot = slot;
-            if let Err(why) = connection(stream, peer.ip(), rpc, inner, stop).await {
+            if let Err(why) = connection(stream, peer.ip(), handler, inner, stop).await {
                 metrics::counter!(METRIC_BAD_FRAMES).increment(1);
                 tracing::debug!(%peer, why, "RPC connection closed");
             }
@@ -101,7 +111,7 @@ pub async fn serve(
 async fn connection(
     mut stream: TcpStream,
     peer: IpAddr,
-    rpc: Arc<dyn Rpc>,
+    handler: Arc<dyn Handler>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) -> Result<(), &'static str> {
@@ -138,19 +148,10 @@ async fn connection(
         let Ok(permit) = limit.clone().acquire_owned().await else {
             break Ok(());
         };
-        let (rpc, tx) = (rpc.clone(), tx.clone());
+        let (handler, tx) = (handler.clone(), tx.clone());
         tasks.spawn(async move {
-            let result = match req.body {
-                Body::Read(r) => rpc.read(r).await.map(Reply::Read),
-                Body::Write(w) => rpc.write(w).await.map(Reply::Write),
-                Body::LeaderRead(r) => rpc.read_on_leader(r).await.map(Reply::Read),
-                Body::LeaderWrite(w) => rpc.write_on_leader(w).await.map(Reply::Write),
-                Body::Raft(env) => rpc.raft(peer, *env).await.map(|r| Reply::Raft(Box::new(r))),
-            };
-            let resp = Response { id: req.id, result };
-            if let Ok(bytes) = encode(&resp) {
-                let _ = tx.send(bytes).await;
-            }
+            let result = handler.handle(peer, req.body).await;
+            let _ = tx.send(response_frame(req.id, result)).await;
             drop(permit);
         });
     };
@@ -159,9 +160,47 @@ async fn connection(
     result
 }
 
+/// The frame answering request `id`. A reply that cannot be encoded, or is larger than a
+/// frame may be, becomes an error answer, so the caller learns why and the connection
+/// stays usable.
+fn response_frame(id: u64, result: Result<Reply, RpcError>) -> bytes::Bytes {
+    let encoded = encode(&Response { id, result }).and_then(|b| {
+        if b.len() > MAX_FRAME {
+            Err(RpcError::internal(format!(
+                "the answer ({} bytes) is larger than the {MAX_FRAME}-byte frame limit",
+                b.len()
+            )))
+        } else {
+            Ok(b)
+        }
+    });
+    let bytes = encoded.unwrap_or_else(|e| {
+        encode(&Response { id, result: Err(e) }).expect("invariant: an error answer always encodes")
+    });
+    bytes::Bytes::from(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_oversized_answer_becomes_an_error_answer() {
+        use crate::rpc::{QueryMeta, QueryResult, ReadResponse};
+        let huge = Reply::Read(ReadResponse {
+            meta: QueryMeta::default(),
+            result: QueryResult::Snapshot(vec![7; MAX_FRAME + 1]),
+        });
+        let frame = response_frame(9, Ok(huge));
+        assert!(frame.len() < 1024);
+        let resp: Response = decode(&frame).unwrap();
+        assert_eq!(resp.id, 9);
+        let err = resp.result.expect_err("an error answer");
+        assert!(err.message.contains("frame limit"), "{}", err.message);
+        let small = response_frame(10, Ok(Reply::Raft(vec![1, 2])));
+        let back: Response = decode(&small).unwrap();
+        assert!(matches!(back.result, Ok(Reply::Raft(b)) if b == [1, 2]));
+    }
 
     #[test]
     fn connections_per_client_are_capped_and_given_back() {

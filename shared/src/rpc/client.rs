@@ -1,0 +1,156 @@
+//! The client side of the RPC port: one multiplexed connection per peer, reused for every
+//! request. [`RpcClient::call`] tells a request that never left this process (safe to send
+//! elsewhere, even a write) from one whose connection broke after it was sent.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+
+use super::RpcError;
+use super::timeouts::CONNECT_TIMEOUT;
+use super::wire::{Body, PROTO_RPC, Reply, Request, Response, codec, decode, encode};
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// The request never left this process (no connection): safe to send elsewhere.
+    NotSent(String),
+    /// The connection broke or timed out after the request was sent: it may or may not
+    /// have been carried out.
+    Transport(String),
+    /// The server answered with an error.
+    Remote(RpcError),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, RpcError>>>>>;
+
+struct Conn {
+    tx: mpsc::Sender<bytes::Bytes>,
+    pending: Pending,
+}
+
+/// Connections to servers, shared by all calls.
+#[derive(Default)]
+pub struct RpcClient {
+    conns: Mutex<HashMap<SocketAddr, Arc<Conn>>>,
+    next_id: AtomicU64,
+    /// The address outgoing connections come from; servers recognise each other by it.
+    source: Option<IpAddr>,
+}
+
+impl std::fmt::Debug for RpcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcClient").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each critical section is one map operation; a poisoned map is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RpcClient {
+    /// A client whose connections leave from `ip` (a server's bind address).
+    pub fn from_ip(ip: IpAddr) -> Self {
+        Self {
+            source: (!ip.is_unspecified()).then_some(ip),
+            ..Self::default()
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+        let Some(ip) = self.source.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) else {
+            return tokio::net::TcpStream::connect(addr).await;
+        };
+        let socket = if ip.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(ip, 0))?;
+        socket.connect(addr).await
+    }
+
+    async fn conn(&self, addr: SocketAddr) -> Result<Arc<Conn>, CallError> {
+        if let Some(c) = lock(&self.conns).get(&addr).filter(|c| !c.tx.is_closed()) {
+            return Ok(c.clone());
+        }
+        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(addr))
+            .await
+            .map_err(|_| CallError::NotSent(format!("connecting to {addr}: timed out")))?
+            .map_err(|e| CallError::NotSent(format!("connecting to {addr}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        stream
+            .write_all(&[PROTO_RPC])
+            .await
+            .map_err(|e| CallError::NotSent(format!("{addr}: {e}")))?;
+        let (mut sink, mut frames) = Framed::new(stream, codec()).split();
+        let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(256);
+        let pending: Pending = Arc::default();
+        tokio::spawn(async move {
+            while let Some(frame) = rx.recv().await {
+                if sink.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let reader_pending = pending.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = frames.next().await {
+                let Ok(resp) = decode::<Response>(&frame) else {
+                    break;
+                };
+                if let Some(waiter) = lock(&reader_pending).remove(&resp.id) {
+                    let _ = waiter.send(resp.result);
+                }
+            }
+            // The connection is gone: every waiter learns it (their senders drop here).
+            lock(&reader_pending).clear();
+        });
+        let conn = Arc::new(Conn { tx, pending });
+        lock(&self.conns).insert(addr, conn.clone());
+        Ok(conn)
+    }
+
+    fn forget(&self, addr: SocketAddr) {
+        lock(&self.conns).remove(&addr);
+    }
+
+    /// Sends one request to `addr` and waits up to `timeout` for its answer.
+    pub async fn call(
+        &self,
+        addr: SocketAddr,
+        body: Body,
+        timeout: Duration,
+    ) -> Result<Reply, CallError> {
+        let conn = self.conn(addr).await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = bytes::Bytes::from(encode(&Request { id, body }).map_err(CallError::Remote)?);
+        let (tx, rx) = oneshot::channel();
+        lock(&conn.pending).insert(id, tx);
+        if conn.tx.send(frame).await.is_err() {
+            self.forget(addr);
+            return Err(CallError::NotSent(format!("{addr}: connection closed")));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result.map_err(CallError::Remote),
+            Ok(Err(_)) => {
+                self.forget(addr);
+                Err(CallError::Transport(format!("{addr}: connection lost")))
+            }
+            Err(_) => {
+                lock(&conn.pending).remove(&id);
+                Err(CallError::Transport(format!(
+                    "{addr}: no answer in {timeout:?}"
+                )))
+            }
+        }
+    }
+}
