@@ -14,6 +14,7 @@ pub mod members;
 pub mod operator;
 pub mod rtt;
 pub mod services;
+pub mod tls;
 pub mod watch;
 
 use std::process::ExitCode;
@@ -75,6 +76,9 @@ pub enum Command {
     /// Save, restore and inspect snapshots of the whole state
     #[command(subcommand)]
     Snapshot(operator::SnapshotCommand),
+    /// Create a CA and certificates for servers, clients and WAN routers
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
     /// Print the version
     Version(VersionArgs),
 }
@@ -147,6 +151,7 @@ pub async fn run(cli: Cli) -> u8 {
             println!("{}", crate::gossip::keyring::generate());
             0
         }
+        Command::Tls(cmd) => tls::run(cmd),
         Command::Version(args) => version(&args),
     }
 }
