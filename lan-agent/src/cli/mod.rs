@@ -1,9 +1,8 @@
 //! The `cairn` command line. `agent` runs an agent; every other subcommand is a client of a
 //! running agent's HTTP API, like Consul's CLI. Flags are spelled Consul's way (`-recurse`,
-//! `-data-dir=/x`); see [`argv`].
+//! `-data-dir=/x`); see [`cairn_shared::argv`].
 
 pub mod agent;
-pub mod argv;
 pub mod catalog;
 pub mod client;
 pub mod event;
@@ -98,7 +97,7 @@ pub struct VersionArgs {
 
 /// Entry point for `main`: parse, run, map the outcome to an exit code.
 pub fn main() -> ExitCode {
-    let args = argv::normalise(Cli::command(), std::env::args().collect());
+    let args = cairn_shared::argv::normalise(Cli::command(), std::env::args().collect());
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
