@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::catalog::{CommandOp, StateStore};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ConfigError, GossipTuning};
+use crate::config::{Config, ConfigError};
 use crate::dns::{self, DnsSettings};
 use crate::events::Events;
 use crate::gossip::{Gossip, GossipConfig, Keyring, MemberStatus, NetTransport, Snapshot};
@@ -31,6 +31,7 @@ use crate::local::{LocalAgent, LocalConfig, LocalError};
 use crate::raft::{RaftConsensus, RaftSettings};
 use crate::rpc::{self, ClientRpc, Endpoint, RpcClient, ServerSource};
 use crate::server::reconcile::reconcile_loop;
+use crate::server::wan::WanRoutes;
 use crate::server::{Consensus, DevConsensus, Rpc, Server, ServerConfig};
 use crate::telemetry::{Telemetry, names};
 use crate::version;
@@ -225,6 +226,17 @@ async fn start_parts(
     .await?;
     let raft = server.as_ref().and_then(|(_, _, r)| r.clone());
     let server = server.map(|(s, _, _)| s);
+    if let Some(s) = &server {
+        s.set_wan(WanRoutes::new(
+            gossip.clone(),
+            &config.datacenter,
+            &config.node_name,
+            RpcClient::from_ip(config.bind_addr),
+            events.clone(),
+            local.clone(),
+        ));
+        tasks.spawn(refresh_wan_status(s.clone(), shutdown.clone()));
+    }
     if let Some(r) = &raft {
         r.set_gossip(gossip.clone());
         tasks.spawn(crate::raft::autopilot::run(
@@ -441,7 +453,7 @@ async fn start_gossip(
     } else {
         GossipConfig::lan(&config.node_name)
     };
-    tune(&mut g.swim, &config.gossip_lan);
+    config.gossip_lan.apply(&mut g.swim);
     g.reconnect_timeout = config.reconnect_timeout;
     g.tags = gossip_tags(config, node_id, rpc_addr, http_port);
     g.keyring = keyring(config)?;
@@ -464,27 +476,6 @@ async fn start_gossip(
 /// Where the members known before a restart are kept (Serf's snapshot).
 fn snapshot_path(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir.join("serf").join("local.snapshot")
-}
-
-fn tune(swim: &mut crate::gossip::swim::Config, t: &GossipTuning) {
-    if let Some(v) = t.gossip_interval {
-        swim.gossip_interval = v;
-    }
-    if let Some(v) = t.gossip_nodes {
-        swim.gossip_nodes = v;
-    }
-    if let Some(v) = t.probe_interval {
-        swim.probe_interval = v;
-    }
-    if let Some(v) = t.probe_timeout {
-        swim.probe_timeout = v;
-    }
-    if let Some(v) = t.suspicion_mult {
-        swim.suspicion_mult = v;
-    }
-    if let Some(v) = t.retransmit_mult {
-        swim.retransmit_mult = v;
-    }
 }
 
 /// The keyring: the saved one if there is one (Consul ignores `-encrypt` then), else the
@@ -730,17 +721,13 @@ fn node_meta(config: &Config) -> BTreeMap<String, String> {
 }
 
 fn tagged_addresses(config: &Config) -> BTreeMap<String, String> {
-    let addr = config.advertise().to_string();
-    let family = if config.advertise().is_ipv4() {
-        "ipv4"
-    } else {
-        "ipv6"
-    };
+    let family = |ip: std::net::IpAddr| if ip.is_ipv4() { "ipv4" } else { "ipv6" };
+    let (lan, wan) = (config.advertise(), config.advertise_wan());
     BTreeMap::from([
-        ("lan".to_string(), addr.clone()),
-        (format!("lan_{family}"), addr.clone()),
-        ("wan".to_string(), addr.clone()),
-        (format!("wan_{family}"), addr),
+        ("lan".to_string(), lan.to_string()),
+        (format!("lan_{}", family(lan)), lan.to_string()),
+        ("wan".to_string(), wan.to_string()),
+        (format!("wan_{}", family(wan)), wan.to_string()),
     ])
 }
 
@@ -844,6 +831,8 @@ fn agent_info(config: &Config, node_id: &str, gossip: &Gossip) -> AgentInfo {
             "Bootstrap": config.bootstrap,
             "BootstrapExpect": config.bootstrap_expect.unwrap_or(0),
             "BindAddr": config.bind_addr.to_string(),
+            "AdvertiseAddrLAN": config.advertise().to_string(),
+            "AdvertiseAddrWAN": config.advertise_wan().to_string(),
             "ClientAddrs": [config.client_addr.to_string()],
             "HTTPPort": config.ports.http.map_or(-1, i32::from),
             "DNSPort": config.ports.dns.map_or(-1, i32::from),
@@ -903,13 +892,25 @@ fn stats_fn(config: &Config, server: Option<Server>, gossip: Gossip) -> StatsFn 
         match &server {
             Some(server) => {
                 let status = server.status();
-                let applied = server.state().last_index().to_string();
+                let wan = server.wan().and_then(|w| w.cached_status());
+                let wan_members = wan.as_ref().map(|w| w.members.as_slice()).unwrap_or(&[]);
+                let wan_count = |code: u8| wan_members.iter().filter(|m| m.status == code).count();
+                out.insert(
+                    "serf_wan".into(),
+                    s(&[
+                        ("members", wan_members.len().to_string()),
+                        ("failed", wan_count(MemberStatus::Failed.code()).to_string()),
+                        ("left", wan_count(MemberStatus::Left.code()).to_string()),
+                        ("encrypted", (!wan_members.is_empty()).to_string()),
+                    ]),
+                );
+                let known_dcs = wan.as_ref().map_or(1, |w| w.datacenters.len().max(1));
                 out.insert(
                     "consul".into(),
                     s(&[
                         ("acl", "disabled".into()),
                         ("bootstrap", bootstrap.to_string()),
-                        ("known_datacenters", "1".into()),
+                        ("known_datacenters", known_dcs.to_string()),
                         ("leader", status.is_leader.to_string()),
                         (
                             "leader_addr",
@@ -923,12 +924,13 @@ fn stats_fn(config: &Config, server: Option<Server>, gossip: Gossip) -> StatsFn 
                 } else {
                     "Follower"
                 };
+                let (commit, last_log, applied) = server.consensus().log_indexes();
                 out.insert(
                     "raft".into(),
                     s(&[
-                        ("applied_index", applied.clone()),
-                        ("commit_index", applied.clone()),
-                        ("last_log_index", applied),
+                        ("applied_index", applied.to_string()),
+                        ("commit_index", commit.to_string()),
+                        ("last_log_index", last_log.to_string()),
                         ("last_contact", format!("{}ms", status.last_contact_ms)),
                         (
                             "num_peers",
@@ -971,6 +973,20 @@ fn stats_fn(config: &Config, server: Option<Server>, gossip: Gossip) -> StatsFn 
         );
         out
     }))
+}
+
+/// Keeps the WAN status `/v1/agent/self` shows no older than a few seconds.
+async fn refresh_wan_status(server: Server, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(w) = server.wan() {
+            w.status().await;
+        }
+    }
 }
 
 /// Publishes store sizes as gauges every few seconds.

@@ -115,6 +115,14 @@ impl Events {
         })
     }
 
+    /// An event fired in another datacenter, given a place in this pool's Lamport order.
+    pub fn restamp(&self, mut event: UserEvent) -> UserEvent {
+        let mut inner = self.lock();
+        inner.clock += 1;
+        event.ltime = inner.clock;
+        event
+    }
+
     /// Connects fired events to gossip.
     pub fn set_outbox(&self, tx: mpsc::UnboundedSender<UserEvent>) {
         *self.outbox.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod delay;
+pub mod federation;
 pub mod linearize;
 pub mod netns;
 
@@ -22,6 +24,11 @@ pub fn cairn_bin() -> PathBuf {
     if let Ok(p) = std::env::var("CAIRN_BIN") {
         return PathBuf::from(p);
     }
+    sibling_bin("cairn")
+}
+
+/// A binary of the workspace next to the test executable (`target/<profile>/<name>`).
+pub fn sibling_bin(name: &str) -> PathBuf {
     // target/<profile>/deps/<test-binary> → target/<profile>/cairn
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
@@ -34,7 +41,7 @@ pub fn cairn_bin() -> PathBuf {
             }
         })
         .expect("target directory");
-    let bin = dir.join("cairn");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build --bins` before the tests",
@@ -548,13 +555,24 @@ impl Cluster {
     /// Starts `n` servers on consecutive loopback addresses from `first` and waits until
     /// they agree on a leader.
     pub async fn start(n: usize, first: u8, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_on(n, [127, 0, 0], first, "s", extra).await
+    }
+
+    /// Like [`Self::start`] on `127.<net>.<first>..`, servers named `<prefix><first+i>`.
+    pub async fn start_on(
+        n: usize,
+        net: [u8; 3],
+        first: u8,
+        prefix: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut servers: Vec<Agent> = Vec::new();
         for i in 0..n {
-            let ip = Ipv4Addr::new(127, 0, 0, first + i as u8);
+            let ip = Ipv4Addr::new(net[0], net[1], net[2], first + i as u8);
             let mut opts = AgentOpts::default()
                 .server()
                 .ip(ip)
-                .node(format!("s{}", first as usize + i))
+                .node(format!("{prefix}{}", first as usize + i))
                 .arg(format!("-bootstrap-expect={n}"))
                 .arg("-retry-interval=1s");
             if let Some(s0) = servers.first() {

@@ -266,6 +266,8 @@ impl Store {
             Query::Leader
             | Query::Peers
             | Query::Datacenters
+            | Query::WanMembers
+            | Query::WanCoordinates
             | Query::RaftConfiguration
             | Query::AutopilotHealth
             | Query::Snapshot => {
@@ -337,6 +339,8 @@ impl Store {
             | Query::Leader
             | Query::Peers
             | Query::Datacenters
+            | Query::WanMembers
+            | Query::WanCoordinates
             | Query::RaftConfiguration
             | Query::AutopilotHealth
             | Query::Snapshot => Vec::new(),

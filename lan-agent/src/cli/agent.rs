@@ -51,6 +51,9 @@ pub struct AgentArgs {
     /// Address to advertise to other agents
     #[arg(long)]
     pub advertise: Option<IpAddr>,
+    /// Address to advertise to other datacenters (the node's `wan` tagged address)
+    #[arg(long = "advertise-wan")]
+    pub advertise_wan: Option<IpAddr>,
     /// Address for the HTTP and DNS interfaces
     #[arg(long)]
     pub client: Option<IpAddr>,
@@ -201,6 +204,7 @@ impl AgentArgs {
             c.bind_addr = b;
         }
         c.advertise_addr = self.advertise.or(c.advertise_addr);
+        c.advertise_addr_wan = self.advertise_wan.or(c.advertise_addr_wan);
         if let Some(a) = self.client {
             c.client_addr = a;
         }

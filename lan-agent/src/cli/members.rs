@@ -137,6 +137,7 @@ async fn go_members(a: MembersArgs) -> anyhow::Result<u8> {
             let tag = |k: &str| m.tags.get(k).cloned().unwrap_or_default();
             let (kind, segment) = match m.tags.get("role").map(String::as_str) {
                 Some("consul") => ("server", "<all>".to_string()),
+                Some("router") => ("router", "<all>".to_string()),
                 Some("node") => (
                     "client",
                     match tag("segment").as_str() {

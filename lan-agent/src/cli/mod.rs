@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run an agent (client, server, or -dev)
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// Read and write the key/value store
     #[command(subcommand)]
     Kv(kv::KvCommand),
@@ -129,7 +129,7 @@ pub fn main() -> ExitCode {
 /// Runs a parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> u8 {
     match cli.command {
-        Command::Agent(args) => agent::run(args).await,
+        Command::Agent(args) => agent::run(*args).await,
         Command::Kv(cmd) => kv::run(cmd).await,
         Command::Catalog(cmd) => catalog::run(cmd).await,
         Command::Services(cmd) => services::run(cmd).await,

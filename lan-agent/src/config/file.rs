@@ -43,6 +43,7 @@ pub struct FileConfig {
     pub bootstrap_expect: Option<u32>,
     pub bind_addr: Option<IpAddr>,
     pub advertise_addr: Option<IpAddr>,
+    pub advertise_addr_wan: Option<IpAddr>,
     pub client_addr: Option<IpAddr>,
     pub domain: Option<String>,
     pub log_level: Option<String>,
@@ -69,7 +70,7 @@ pub struct FileConfig {
     pub reconnect_timeout: Option<String>,
     pub leave_on_terminate: Option<bool>,
     pub skip_leave_on_interrupt: Option<bool>,
-    pub gossip_lan: Option<GossipFile>,
+    pub gossip_lan: Option<cairn_shared::gossip::GossipTuningFile>,
     pub performance: Option<PerformanceFile>,
     pub raft_snapshot_threshold: Option<u64>,
     pub autopilot: Option<AutopilotFile>,
@@ -90,17 +91,6 @@ pub struct AutopilotFile {
     pub last_contact_threshold: Option<String>,
     pub max_trailing_logs: Option<u64>,
     pub server_stabilization_time: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GossipFile {
-    pub gossip_interval: Option<String>,
-    pub gossip_nodes: Option<usize>,
-    pub probe_interval: Option<String>,
-    pub probe_timeout: Option<String>,
-    pub suspicion_mult: Option<u32>,
-    pub retransmit_mult: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -321,31 +311,11 @@ impl FileConfig {
             c.skip_leave_on_interrupt = self.skip_leave_on_interrupt;
         }
         if let Some(g) = self.gossip_lan {
-            let t = &mut c.gossip_lan;
-            for (key, value, slot) in [
-                (
-                    "gossip_lan.gossip_interval",
-                    g.gossip_interval,
-                    &mut t.gossip_interval,
-                ),
-                (
-                    "gossip_lan.probe_interval",
-                    g.probe_interval,
-                    &mut t.probe_interval,
-                ),
-                (
-                    "gossip_lan.probe_timeout",
-                    g.probe_timeout,
-                    &mut t.probe_timeout,
-                ),
-            ] {
-                if let Some(v) = value {
-                    *slot = Some(dur(key, &v)?);
-                }
-            }
-            t.gossip_nodes = g.gossip_nodes.or(t.gossip_nodes);
-            t.suspicion_mult = g.suspicion_mult.or(t.suspicion_mult);
-            t.retransmit_mult = g.retransmit_mult.or(t.retransmit_mult);
+            g.merge_into("gossip_lan", &mut c.gossip_lan)
+                .map_err(|e| FileError::Invalid {
+                    key: e.key,
+                    reason: e.reason,
+                })?;
         }
         if let Some(d) = self.data_dir {
             c.data_dir = Some(d);
@@ -370,6 +340,9 @@ impl FileConfig {
         }
         if self.advertise_addr.is_some() {
             c.advertise_addr = self.advertise_addr;
+        }
+        if self.advertise_addr_wan.is_some() {
+            c.advertise_addr_wan = self.advertise_addr_wan;
         }
         if let Some(a) = self.client_addr {
             c.client_addr = a;

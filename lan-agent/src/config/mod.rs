@@ -144,6 +144,8 @@ pub struct Config {
     pub server_stabilization_time: Duration,
     pub bind_addr: IpAddr,
     pub advertise_addr: Option<IpAddr>,
+    /// `advertise_addr_wan` / `-advertise-wan`: the node's `wan` tagged address.
+    pub advertise_addr_wan: Option<IpAddr>,
     /// Where HTTP and DNS listen.
     pub client_addr: IpAddr,
     pub ports: Ports,
@@ -188,16 +190,7 @@ pub struct Config {
     pub gossip_lan: GossipTuning,
 }
 
-/// `gossip_lan` keys: each replaces the preset's value when set.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct GossipTuning {
-    pub gossip_interval: Option<Duration>,
-    pub gossip_nodes: Option<usize>,
-    pub probe_interval: Option<Duration>,
-    pub probe_timeout: Option<Duration>,
-    pub suspicion_mult: Option<u32>,
-    pub retransmit_mult: Option<u32>,
-}
+pub use cairn_shared::gossip::GossipTuning;
 
 impl Default for Config {
     fn default() -> Self {
@@ -215,6 +208,7 @@ impl Default for Config {
             server_stabilization_time: Duration::from_secs(10),
             bind_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             advertise_addr: None,
+            advertise_addr_wan: None,
             client_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             ports: Ports::default(),
             domain: "consul.".to_string(),
@@ -352,6 +346,11 @@ impl Config {
             None if self.bind_addr.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
             None => self.bind_addr,
         }
+    }
+
+    /// The address other datacenters reach this one at (the `wan` tagged address).
+    pub fn advertise_wan(&self) -> IpAddr {
+        self.advertise_addr_wan.unwrap_or_else(|| self.advertise())
     }
 
     /// This server's RPC address as `/v1/status/leader` shows it.

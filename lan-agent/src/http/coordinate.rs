@@ -62,8 +62,23 @@ async fn update(State(st): State<HttpState>, req: Request) -> ApiResult {
     Ok(json(&st, &params, StatusCode::OK, &true))
 }
 
-/// WAN coordinates come with federation; until then no datacenter has any.
-async fn datacenters(State(st): State<HttpState>, uri: Uri) -> ApiResult {
-    let params = Params::parse(uri.query());
-    Ok(json(&st, &params, StatusCode::OK, &serde_json::json!([])))
+/// Every datacenter with its servers' WAN coordinates, as the WAN routers know them.
+async fn datacenters(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    let (params, resp) = read(&st, &uri, &headers, Query::WanCoordinates).await?;
+    match resp.result {
+        QueryResult::DatacenterMaps(maps) => {
+            let body: Vec<serde_json::Value> = maps
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "Datacenter": m.datacenter,
+                        "AreaID": "wan",
+                        "Coordinates": m.coordinates,
+                    })
+                })
+                .collect();
+            Ok(json(&st, &params, StatusCode::OK, &body))
+        }
+        other => Err(unexpected("a WAN coordinate read", &other)),
+    }
 }

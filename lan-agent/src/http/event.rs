@@ -30,7 +30,13 @@ async fn fire(State(st): State<HttpState>, req: Request) -> ApiResult {
         .events
         .prepare(&name, payload, filters)
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    st.events.fire(event.clone(), st.local.as_ref());
+    let dc = params.get("dc").unwrap_or_default();
+    if dc.is_empty() || dc == st.info.datacenter {
+        st.events.fire(event.clone(), st.local.as_ref());
+    } else {
+        // Another datacenter's servers fire it into their pool.
+        st.rpc.fire_event(dc.to_string(), event.clone()).await?;
+    }
     Ok(json(&st, &params, StatusCode::OK, &event))
 }
 

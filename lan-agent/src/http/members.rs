@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
 use super::{HttpState, Params, json, methods, path_tail};
+use cairn_shared::rpc::{Query, QueryOptions, QueryResult, ReadRequest};
+
 use crate::gossip::{GossipError, KeyOp, KeyringReport, MemberInfo};
 
 pub(super) fn router() -> Router<HttpState> {
@@ -40,12 +42,21 @@ pub(super) fn router() -> Router<HttpState> {
 /// A member as Consul's `/v1/agent/members` shows it (Serf's protocol and delegate
 /// versions included, for clients that read them).
 pub(crate) fn member_json(m: &MemberInfo) -> Value {
+    member_json_parts(&m.name, m.addr, &m.tags, m.status.code())
+}
+
+fn member_json_parts(
+    name: &str,
+    addr: std::net::SocketAddr,
+    tags: &std::collections::BTreeMap<String, String>,
+    status: u8,
+) -> Value {
     json!({
-        "Name": m.name,
-        "Addr": m.addr.ip().to_string(),
-        "Port": m.addr.port(),
-        "Tags": m.tags,
-        "Status": m.status.code(),
+        "Name": name,
+        "Addr": addr.ip().to_string(),
+        "Port": addr.port(),
+        "Tags": tags,
+        "Status": status,
         "ProtocolMin": 1,
         "ProtocolMax": 5,
         "ProtocolCur": 2,
@@ -59,9 +70,25 @@ async fn members(State(st): State<HttpState>, uri: Uri) -> ApiResult {
     let params = Params::parse(uri.query());
     let expr = params.get("filter").unwrap_or_default();
     let filter = crate::filter::parse(expr).map_err(|e| ApiError::internal(e.consul_message()))?;
-    // The WAN pool belongs to the WAN router; this agent is only in the LAN pool.
+    // The WAN pool is the routers'; a server asks one, a client is in no WAN pool (Consul
+    // answers an empty list there too).
     let list: Vec<Value> = if params.has("wan") {
-        Vec::new()
+        if !st.info.server {
+            Vec::new()
+        } else {
+            let req = ReadRequest {
+                query: Query::WanMembers,
+                options: QueryOptions::default(),
+            };
+            match st.rpc.read(req).await?.result {
+                QueryResult::WanMembers(members) => members
+                    .iter()
+                    .map(|m| member_json_parts(&m.name, m.addr, &m.tags, m.status))
+                    .filter(|m| filter.matches(m))
+                    .collect(),
+                _ => Vec::new(),
+            }
+        }
     } else {
         st.gossip
             .members()
@@ -77,9 +104,11 @@ async fn join(State(st): State<HttpState>, uri: Uri) -> ApiResult {
     let params = Params::parse(uri.query());
     let addr = path_tail(&uri, "/v1/agent/join/", "Missing address")?;
     if params.has("wan") {
-        return Err(ApiError::internal(
-            "Must be a server to join WAN cluster".to_string(),
-        ));
+        return Err(ApiError::internal(if st.info.server {
+            "WAN joins are made by cairn-wan-router (-retry-join-wan), not by servers".to_string()
+        } else {
+            "Must be a server to join WAN cluster".to_string()
+        }));
     }
     let joined = st
         .gossip

@@ -159,6 +159,19 @@ where
     /// entries and of the meta table) is an error whose message names the file path.
     ///
     /// Blocking: reads the whole file to verify redb's page checksums.
+    /// The last committed log index openraft saved (0 before any).
+    pub fn committed_index(&self) -> u64 {
+        self.inner
+            .committed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn note_committed(&self, index: Option<u64>) {
+        self.inner
+            .committed
+            .store(index.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn open(dir: &Path) -> Result<Self, LogStoreError> {
         let path = dir.join(FILE_NAME);
         fs::create_dir_all(dir).map_err(io_err(&path, "create directory"))?;
@@ -172,7 +185,11 @@ where
         let db = builder()
             .open(&path)
             .map_err(db_err(&path, "open database"))?;
-        let inner = Inner { db, path };
+        let inner = Inner {
+            db,
+            path,
+            committed: Default::default(),
+        };
         inner.verify::<C>()?;
         Ok(Self {
             inner: Arc::new(inner),
@@ -358,6 +375,7 @@ where
     ) -> Result<(), StorageError<C::NodeId>> {
         // openraft has no subject for the committed pointer; its examples use Store.
         let err = |e: LogStoreError| storage_err(ErrorSubject::Store, ErrorVerb::Write, &e);
+        let index = committed.as_ref().map(|c| c.index);
         let value = committed
             .map(|c| seal(&self.inner.path, "committed log id", &c))
             .transpose()
@@ -365,15 +383,20 @@ where
         // None clears the key.
         self.blocking(move |inner| inner.write_meta(KEY_COMMITTED, value))
             .await
-            .map_err(err)
+            .map_err(err)?;
+        self.note_committed(index);
+        Ok(())
     }
 
     async fn read_committed(
         &mut self,
     ) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
-        self.blocking(|inner| inner.read_meta(KEY_COMMITTED))
+        let committed: Option<LogId<C::NodeId>> = self
+            .blocking(|inner| inner.read_meta(KEY_COMMITTED))
             .await
-            .map_err(|e| storage_err(ErrorSubject::Store, ErrorVerb::Read, &e))
+            .map_err(|e| storage_err(ErrorSubject::Store, ErrorVerb::Read, &e))?;
+        self.note_committed(committed.as_ref().map(|c| c.index));
+        Ok(committed)
     }
 
     async fn append<I>(
@@ -458,6 +481,8 @@ where
 struct Inner {
     db: Database,
     path: PathBuf,
+    /// The last committed index saved or read (for `/v1/agent/self`), 0 before any.
+    committed: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -678,6 +703,7 @@ fn init_file(dir: &Path, path: &Path) -> Result<(), LogStoreError> {
     let inner = Inner {
         db,
         path: path.to_path_buf(),
+        committed: Default::default(),
     };
     inner.write(|txn| {
         txn.open_table(LOG)

@@ -571,6 +571,14 @@ impl Consensus for RaftConsensus {
         self.leader_rx.clone()
     }
 
+    fn log_indexes(&self) -> (u64, u64, u64) {
+        let m = self.raft.metrics().borrow().clone();
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        // The saved commit index can trail what is applied by a flush; never report less.
+        let committed = self.shared.log.committed_index().max(applied);
+        (committed, m.last_log_index.unwrap_or(0), applied)
+    }
+
     async fn raft_message(&self, from: IpAddr, env: RaftEnvelope) -> Result<RaftReply, RpcError> {
         self.handle(from, env).await
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cairn_shared::api::UserEvent;
 use cairn_shared::rpc::timeouts::{HOLD_TIMEOUT, WRITE_TIMEOUT, read_timeout};
 use cairn_shared::rpc::{ReadRequest, ReadResponse, RpcError, WriteRequest, WriteResult};
 use rand::seq::SliceRandom;
@@ -87,6 +88,16 @@ impl Rpc for ClientRpc {
         match self.call(Body::Write(req), WRITE_TIMEOUT).await? {
             Reply::Write(r) => Ok(r),
             _ => Err(RpcError::internal("a write got an answer of another kind")),
+        }
+    }
+
+    async fn fire_event(&self, datacenter: String, event: UserEvent) -> Result<(), RpcError> {
+        match self
+            .call(Body::FireEvent { datacenter, event }, WRITE_TIMEOUT)
+            .await?
+        {
+            Reply::Write(_) => Ok(()),
+            _ => Err(RpcError::internal("an event got an answer of another kind")),
         }
     }
 }

@@ -43,6 +43,12 @@ pub trait Consensus: Send + Sync + std::fmt::Debug {
 
     fn status(&self) -> LeaderStatus;
 
+    /// The log as `/v1/agent/self` reports it: commit index, last log index, applied
+    /// index. A log of one commits and applies as it appends.
+    fn log_indexes(&self) -> (u64, u64, u64) {
+        (0, 0, 0)
+    }
+
     /// Whether this server is the leader, as it changes.
     fn leadership(&self) -> watch::Receiver<bool>;
 
@@ -159,5 +165,10 @@ impl Consensus for DevConsensus {
 
     fn leadership(&self) -> watch::Receiver<bool> {
         self.leader.subscribe()
+    }
+
+    fn log_indexes(&self) -> (u64, u64, u64) {
+        let i = self.state.last_index();
+        (i, i, i)
     }
 }

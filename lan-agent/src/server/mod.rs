@@ -11,9 +11,10 @@ mod coordinates;
 pub mod reconcile;
 mod sessions;
 mod tombstones;
+pub mod wan;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,8 +34,10 @@ use crate::events::UserEvent;
 use crate::raft::no_leader;
 use crate::rpc::{Body, CallError, Reply, RpcClient};
 use cairn_shared::rpc::timeouts::{self, JITTER_FRACTION, WRITE_TIMEOUT};
+use cairn_shared::rpc::wire::{DatacenterMap, Forwarded};
 pub use consensus::{Applied, Consensus, DevConsensus, LeaderStatus};
 use sessions::SessionTimers;
+use wan::WanRoutes;
 
 /// Consul's bounds and defaults for what servers accept.
 #[derive(Debug, Clone)]
@@ -122,6 +125,8 @@ struct Inner {
     coordinates: coordinates::Pending,
     /// Connections to the leader, for forwarded requests.
     forwarder: RpcClient,
+    /// The WAN routers and the LAN pool, once gossip runs.
+    wan: OnceLock<WanRoutes>,
 }
 
 impl Server {
@@ -146,6 +151,7 @@ impl Server {
                 shutdown: shutdown.clone(),
                 coordinates: coordinates::Pending::default(),
                 forwarder: RpcClient::default(),
+                wan: OnceLock::new(),
             }),
         };
         let s = server.clone();
@@ -190,6 +196,28 @@ impl Server {
         }
     }
 
+    /// Connects the server to its WAN routers and LAN pool (once, when gossip runs).
+    pub fn set_wan(&self, routes: WanRoutes) {
+        let _ = self.inner.wan.set(routes);
+    }
+
+    /// The WAN routes, if gossip runs.
+    pub fn wan(&self) -> Option<&WanRoutes> {
+        self.inner.wan.get()
+    }
+
+    fn is_local(&self, dc: &str) -> bool {
+        dc.is_empty() || dc == self.inner.config.datacenter
+    }
+
+    /// Sends a request to another datacenter through a WAN router.
+    async fn forward_dc(&self, fwd: Forwarded) -> Result<Reply, RpcError> {
+        match self.wan() {
+            Some(w) => w.forward(fwd).await,
+            None => Err(RpcError::unknown_datacenter()),
+        }
+    }
+
     /// The consensus engine, for operator endpoints.
     pub fn consensus(&self) -> &Arc<dyn Consensus> {
         &self.inner.consensus
@@ -210,14 +238,6 @@ impl Server {
             op,
         };
         self.inner.consensus.propose(cmd).await
-    }
-
-    fn check_dc(&self, dc: &str) -> Result<(), RpcError> {
-        if dc.is_empty() || dc == self.inner.config.datacenter {
-            Ok(())
-        } else {
-            Err(RpcError::unknown_datacenter())
-        }
     }
 
     async fn expire_sessions(
@@ -372,9 +392,25 @@ impl Server {
         req: ReadRequest,
         may_forward: bool,
     ) -> Result<ReadResponse, RpcError> {
-        self.check_dc(&req.options.datacenter)?;
-        let local_only = matches!(req.query, Query::Leader | Query::Peers | Query::Datacenters)
-            || req.options.consistency == Consistency::Stale;
+        if !self.is_local(&req.options.datacenter) {
+            let mut req = req;
+            // Consul sorts by distance only within the asking agent's datacenter.
+            req.options.near.clear();
+            return match self.forward_dc(Forwarded::Read(req)).await? {
+                Reply::Read(r) => Ok(r),
+                _ => Err(RpcError::internal(
+                    "another datacenter answered a read with something else",
+                )),
+            };
+        }
+        let local_only = matches!(
+            req.query,
+            Query::Leader
+                | Query::Peers
+                | Query::Datacenters
+                | Query::WanMembers
+                | Query::WanCoordinates
+        ) || req.options.consistency == Consistency::Stale;
         if local_only {
             return self.read_local(&req).await;
         }
@@ -399,7 +435,14 @@ impl Server {
         req: WriteRequest,
         may_forward: bool,
     ) -> Result<WriteResult, RpcError> {
-        self.check_dc(&req.datacenter)?;
+        if !self.is_local(&req.datacenter) {
+            return match self.forward_dc(Forwarded::Write(req)).await? {
+                Reply::Write(w) => Ok(w),
+                _ => Err(RpcError::internal(
+                    "another datacenter answered a write with something else",
+                )),
+            };
+        }
         match self
             .via_leader(Body::LeaderWrite(req), WRITE_TIMEOUT, may_forward)
             .await?
@@ -445,9 +488,35 @@ impl Server {
                 });
             }
             Query::Datacenters => {
+                let names = match self.wan() {
+                    Some(w) => w.datacenters().await,
+                    None => vec![self.inner.config.datacenter.clone()],
+                };
                 return Ok(ReadResponse {
                     meta: self.meta(self.inner.state.last_index(), &req),
-                    result: QueryResult::Datacenters(vec![self.inner.config.datacenter.clone()]),
+                    result: QueryResult::Datacenters(names),
+                });
+            }
+            Query::WanMembers | Query::WanCoordinates => {
+                let status = match self.wan() {
+                    Some(w) => w.status().await,
+                    None => None,
+                };
+                let result = match (&req.query, status) {
+                    (Query::WanMembers, s) => {
+                        QueryResult::WanMembers(s.map(|s| s.members).unwrap_or_default())
+                    }
+                    (_, Some(s)) => QueryResult::DatacenterMaps(s.datacenters),
+                    // No router: this datacenter alone, without WAN coordinates.
+                    (_, None) => QueryResult::DatacenterMaps(vec![DatacenterMap {
+                        datacenter: self.inner.config.datacenter.clone(),
+                        rtt_secs: 0.0,
+                        coordinates: Vec::new(),
+                    }]),
+                };
+                return Ok(ReadResponse {
+                    meta: self.meta(self.inner.state.last_index(), &req),
+                    result,
                 });
             }
             _ => {}
@@ -550,6 +619,25 @@ impl Rpc for Server {
 
     async fn write_on_leader(&self, req: WriteRequest) -> Result<WriteResult, RpcError> {
         self.route_write(req, false).await
+    }
+
+    async fn fire_event(&self, datacenter: String, event: UserEvent) -> Result<(), RpcError> {
+        if self.is_local(&datacenter) {
+            let Some(w) = self.wan() else {
+                return Err(RpcError::internal("this server has no gossip pool yet"));
+            };
+            w.fire_here(event);
+            return Ok(());
+        }
+        match self
+            .forward_dc(Forwarded::FireEvent { datacenter, event })
+            .await?
+        {
+            Reply::Write(_) => Ok(()),
+            _ => Err(RpcError::internal(
+                "another datacenter answered an event with something else",
+            )),
+        }
     }
 
     async fn raft(&self, from: IpAddr, message: Vec<u8>) -> Result<Vec<u8>, RpcError> {

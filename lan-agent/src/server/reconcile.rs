@@ -20,6 +20,8 @@ use super::Server;
 use crate::catalog::CommandOp;
 use crate::gossip::{Gossip, MemberInfo, MemberStatus};
 
+/// The `role` tag of a WAN router in the LAN pool.
+pub const ROLE_ROUTER: &str = "router";
 const FULL_EVERY: Duration = Duration::from_secs(60);
 /// How long a new leader's first pass waits for it to hold its lease.
 const LEASE_WAIT: Duration = Duration::from_secs(10);
@@ -83,6 +85,8 @@ pub(super) async fn reconcile(server: &Server, members: &[MemberInfo], dc: &str)
     let ours: Vec<&MemberInfo> = members
         .iter()
         .filter(|m| m.tags.get("dc").is_none_or(|d| d == dc))
+        // WAN routers are members of the pool but not nodes of the catalog.
+        .filter(|m| m.tags.get("role").map(String::as_str) != Some(ROLE_ROUTER))
         .collect();
     for m in &ours {
         match m.status {

@@ -111,6 +111,8 @@ struct Driver {
     origin: Instant,
     members_tx: watch::Sender<Arc<Vec<MemberInfo>>>,
     coord_tx: watch::Sender<Coordinate>,
+    /// The last coordinate each member sent on an ack (Serf's coordinate cache).
+    peer_coords: PeerCoordinates,
     vivaldi: Vivaldi,
     sink: Arc<dyn EventSink>,
     internal_tx: mpsc::UnboundedSender<Internal>,
@@ -142,9 +144,13 @@ fn write_lock(k: &RwLock<Keyring>) -> std::sync::RwLockWriteGuard<'_, Keyring> {
     k.write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Members' coordinates as last heard on probe acks, shared with the handle.
+pub(super) type PeerCoordinates = Arc<RwLock<HashMap<String, Coordinate>>>;
+
 pub(super) type Handles = (
     watch::Receiver<Arc<Vec<MemberInfo>>>,
     watch::Receiver<Coordinate>,
+    PeerCoordinates,
 );
 
 pub(super) fn spawn(
@@ -173,6 +179,7 @@ pub(super) fn spawn(
     swim.set_ack_payload(rmp_serde::to_vec(&coord).unwrap_or_default())?;
     let (members_tx, members_rx) = watch::channel(Arc::new(Vec::new()));
     let (coord_tx, coord_rx) = watch::channel(coord);
+    let peer_coords = PeerCoordinates::default();
     let (internal_tx, internal_rx) = mpsc::unbounded_channel();
     let keyring = Arc::new(RwLock::new(config.keyring.clone()));
     tasks.spawn(accept_loop(
@@ -191,6 +198,7 @@ pub(super) fn spawn(
         origin,
         members_tx,
         coord_tx,
+        peer_coords: peer_coords.clone(),
         vivaldi,
         sink,
         internal_tx,
@@ -205,7 +213,7 @@ pub(super) fn spawn(
         next_reap,
     };
     tasks.spawn(driver.run(commands, fired, internal_rx, shutdown));
-    Ok((members_rx, coord_rx))
+    Ok((members_rx, coord_rx, peer_coords))
 }
 
 async fn read_frame(s: &mut BoxStream) -> std::io::Result<Vec<u8>> {
@@ -497,6 +505,10 @@ impl Driver {
             tracing::info!(member = %name, "reaping member");
             self.swim.remove_member(&name);
             self.vivaldi.forget_node(&name);
+            self.peer_coords
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
         }
         let keep = self.cfg.tombstone_timeout;
         self.force_left
@@ -952,6 +964,10 @@ impl Driver {
         let Ok(theirs) = rmp_serde::from_slice::<Coordinate>(payload) else {
             return;
         };
+        self.peer_coords
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_string(), theirs.clone());
         match self.vivaldi.update(node, &theirs, rtt) {
             Ok(mine) => {
                 if let Ok(bytes) = rmp_serde::to_vec(&mine) {

@@ -130,6 +130,15 @@ impl GossipConfig {
         }
     }
 
+    /// The WAN pool of routers: memberlist's WAN timing (probe 5 s, timeout 3 s, gossip
+    /// every 500 ms to 4, suspicion multiplier 6, push/pull 60 s).
+    pub fn wan(node: &str) -> Self {
+        Self {
+            swim: swim::Config::wan(),
+            ..Self::lan(node)
+        }
+    }
+
     /// Dev-mode timings, near Consul's: everything several times faster. (Consul uses a
     /// 100ms interval and timeout; our probe timeout must be shorter than the interval.)
     pub fn dev(node: &str) -> Self {
@@ -207,6 +216,7 @@ pub struct Gossip {
     events: mpsc::UnboundedSender<UserEvent>,
     members: watch::Receiver<Arc<Vec<MemberInfo>>>,
     coordinate: watch::Receiver<Coordinate>,
+    peer_coordinates: driver::PeerCoordinates,
     local_addr: SocketAddr,
     node: String,
 }
@@ -225,7 +235,7 @@ impl Gossip {
         let (event_tx, event_rx) = mpsc::unbounded_channel();
         let local_addr = transport.local_addr();
         let node = config.node.clone();
-        let (members, coordinate) = driver::spawn(
+        let (members, coordinate, peer_coordinates) = driver::spawn(
             driver::Parts {
                 config,
                 transport,
@@ -241,6 +251,7 @@ impl Gossip {
             events: event_tx,
             members,
             coordinate,
+            peer_coordinates,
             local_addr,
             node,
         })
@@ -272,6 +283,15 @@ impl Gossip {
     /// This node's network coordinate.
     pub fn coordinate(&self) -> Coordinate {
         self.coordinate.borrow().clone()
+    }
+
+    /// The coordinates other members last sent on their probe acks (Serf's coordinate
+    /// cache: what a member knows of the others without asking a server).
+    pub fn peer_coordinates(&self) -> std::collections::HashMap<String, Coordinate> {
+        self.peer_coordinates
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The RPC addresses of the live servers of `dc`.

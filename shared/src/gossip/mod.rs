@@ -4,6 +4,7 @@
 //! - [`swim`]: the sans-I/O SWIM + Lifeguard state machine and its simulator: bytes and a
 //!   clock in, effects out. It needs no runtime.
 //! - [`keyring`]: AES-GCM sealing of packets and the keyring file (pure).
+//! - [`tuning`]: the `gossip_lan`/`gossip_wan` config blocks.
 //! - With the `net` feature, [`Gossip::start`] runs one task that owns the state machine and
 //!   drives it over a [`GossipTransport`]: datagrams in and out (sealed with the keyring),
 //!   streams for push/pull state sync and fallback pings, timers, and the host side of
@@ -16,6 +17,7 @@
 
 pub mod keyring;
 pub mod swim;
+pub mod tuning;
 
 #[cfg(feature = "net")]
 mod driver;
@@ -25,6 +27,7 @@ mod envelope;
 pub mod transport;
 
 pub use keyring::Keyring;
+pub use tuning::{GossipTuning, GossipTuningFile};
 #[cfg(feature = "net")]
 mod handle;
 

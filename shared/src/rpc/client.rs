@@ -29,7 +29,16 @@ pub enum CallError {
     Remote(RpcError),
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, RpcError>>>>>;
+/// The calls waiting on a connection. Once the connection's reader has stopped, `closed`
+/// is set under the same lock as the waiters are dropped, so a call that registers later
+/// learns the connection is dead instead of waiting out its timeout.
+#[derive(Default)]
+struct Waiters {
+    waiting: HashMap<u64, oneshot::Sender<Result<Reply, RpcError>>>,
+    closed: bool,
+}
+
+type Pending = Arc<Mutex<Waiters>>;
 
 struct Conn {
     tx: mpsc::Sender<bytes::Bytes>,
@@ -79,7 +88,10 @@ impl RpcClient {
     }
 
     async fn conn(&self, addr: SocketAddr) -> Result<Arc<Conn>, CallError> {
-        if let Some(c) = lock(&self.conns).get(&addr).filter(|c| !c.tx.is_closed()) {
+        if let Some(c) = lock(&self.conns)
+            .get(&addr)
+            .filter(|c| !c.tx.is_closed() && !lock(&c.pending).closed)
+        {
             return Ok(c.clone());
         }
         let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(addr))
@@ -107,12 +119,14 @@ impl RpcClient {
                 let Ok(resp) = decode::<Response>(&frame) else {
                     break;
                 };
-                if let Some(waiter) = lock(&reader_pending).remove(&resp.id) {
+                if let Some(waiter) = lock(&reader_pending).waiting.remove(&resp.id) {
                     let _ = waiter.send(resp.result);
                 }
             }
             // The connection is gone: every waiter learns it (their senders drop here).
-            lock(&reader_pending).clear();
+            let mut w = lock(&reader_pending);
+            w.closed = true;
+            w.waiting.clear();
         });
         let conn = Arc::new(Conn { tx, pending });
         lock(&self.conns).insert(addr, conn.clone());
@@ -134,7 +148,15 @@ impl RpcClient {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = bytes::Bytes::from(encode(&Request { id, body }).map_err(CallError::Remote)?);
         let (tx, rx) = oneshot::channel();
-        lock(&conn.pending).insert(id, tx);
+        {
+            let mut w = lock(&conn.pending);
+            if w.closed {
+                drop(w);
+                self.forget(addr);
+                return Err(CallError::NotSent(format!("{addr}: connection closed")));
+            }
+            w.waiting.insert(id, tx);
+        }
         if conn.tx.send(frame).await.is_err() {
             self.forget(addr);
             return Err(CallError::NotSent(format!("{addr}: connection closed")));
@@ -146,7 +168,7 @@ impl RpcClient {
                 Err(CallError::Transport(format!("{addr}: connection lost")))
             }
             Err(_) => {
-                lock(&conn.pending).remove(&id);
+                lock(&conn.pending).waiting.remove(&id);
                 Err(CallError::Transport(format!(
                     "{addr}: no answer in {timeout:?}"
                 )))

@@ -161,6 +161,11 @@ pub enum Query {
     CoordinateNode {
         node: String,
     },
+    /// The WAN pool (`/v1/agent/members?wan=1`), as this datacenter's routers see it.
+    WanMembers,
+    /// Every datacenter's servers and their WAN coordinates, nearest first
+    /// (`/v1/coordinate/datacenters`).
+    WanCoordinates,
     /// The leader's RPC address (`/v1/status/leader`).
     Leader,
     /// The voters' RPC addresses (`/v1/status/peers`).
@@ -198,6 +203,8 @@ pub enum QueryResult {
     RaftConfiguration(crate::api::RaftConfiguration),
     AutopilotHealth(crate::api::AutopilotHealth),
     Snapshot(#[serde(with = "serde_bytes")] Vec<u8>),
+    WanMembers(Vec<wire::WanMember>),
+    DatacenterMaps(Vec<wire::DatacenterMap>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
