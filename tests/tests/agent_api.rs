@@ -95,3 +95,31 @@ fn version_command() {
     assert!(text.starts_with("Cairn v"), "{text}");
     assert!(text.contains("Protocol 2 spoken by default"));
 }
+
+/// `-advertise-wan` is the node's `wan` tagged address; without it, the LAN address is.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_wan_address_comes_from_advertise_wan() {
+    let plain = Agent::dev().await.unwrap();
+    let wan = Agent::dev_with(&["-advertise-wan=198.18.0.7"])
+        .await
+        .unwrap();
+    for (agent, expected) in [(&plain, "127.0.0.1"), (&wan, "198.18.0.7")] {
+        let path = format!("/v1/catalog/node/{}", agent.node);
+        let node =
+            cairn_tests::eventually(std::time::Duration::from_secs(10), "the node", || async {
+                let v = agent.get_json(&path).await;
+                v["Node"]["TaggedAddresses"]["wan"].is_string().then_some(v)
+            })
+            .await
+            .unwrap();
+        let tagged = &node["Node"]["TaggedAddresses"];
+        assert_eq!(tagged["wan"], expected, "{tagged}");
+        assert_eq!(tagged["wan_ipv4"], expected, "{tagged}");
+        assert_eq!(tagged["lan"], "127.0.0.1", "{tagged}");
+        let me = agent.get_json("/v1/agent/self").await;
+        assert_eq!(me["DebugConfig"]["AdvertiseAddrWAN"], expected);
+        // Alone, the datacenter is the only one it knows.
+        assert_eq!(me["Stats"]["consul"]["known_datacenters"], "1");
+        assert_eq!(me["Stats"]["serf_wan"]["members"], "0");
+    }
+}

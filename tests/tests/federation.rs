@@ -187,6 +187,22 @@ async fn two_datacenters_answer_each_other_and_survive_dead_routers() {
         "{}",
         stdout(&out)
     );
+    let me = server.get_json("/v1/agent/self").await;
+    let stats = &me["Stats"];
+    assert_eq!(stats["consul"]["known_datacenters"], "2", "{stats}");
+    assert_eq!(stats["serf_wan"]["members"], "6", "{stats}");
+    assert_eq!(stats["serf_wan"]["failed"], "0", "{stats}");
+    let commit: u64 = stats["raft"]["commit_index"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let last: u64 = stats["raft"]["last_log_index"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(commit > 0 && last >= commit, "{stats}");
     let coords = dc1.get_json("/v1/coordinate/datacenters").await;
     let coords = coords.as_array().unwrap();
     assert_eq!(coords.len(), 2, "{coords:?}");

@@ -468,3 +468,128 @@ impl GossipTransport for Quic {
         Ok(Box::new(tokio::io::join(recv, send)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    use super::*;
+
+    /// A CA, and a way to issue leaf certificates for given DNS names from it.
+    struct TestCa {
+        cert: CertificateDer<'static>,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    impl TestCa {
+        fn new() -> Self {
+            let mut p = CertificateParams::default();
+            p.distinguished_name.push(DnType::CommonName, "test CA");
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let key = KeyPair::generate().unwrap();
+            let cert = p.self_signed(&key).unwrap().der().clone();
+            Self {
+                cert,
+                issuer: Issuer::new(p, key),
+            }
+        }
+
+        fn leaf(&self, names: &[&str]) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+            let p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+            let key = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&key, &self.issuer).unwrap().der().clone();
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+            (cert, key)
+        }
+
+        fn endpoint(&self, leaf: &TestCa, names: &[&str], tasks: &TaskTracker) -> Quic {
+            let (cert, key) = leaf.leaf(names);
+            let crypto = tls::build(vec![self.cert.clone()], vec![cert], key, "consul").unwrap();
+            let (q, _forwards) = Quic::bind(
+                "127.0.0.1:0".parse().unwrap(),
+                None,
+                crypto,
+                "consul",
+                tasks,
+                CancellationToken::new(),
+            )
+            .unwrap();
+            q
+        }
+    }
+
+    /// Whether the server refused the handshake: under TLS 1.3 the client may think it is
+    /// connected until the refusal arrives, so a connection that closes at once counts.
+    async fn refused(conn: Option<quinn::Connection>) -> bool {
+        let Some(conn) = conn else { return true };
+        tokio::time::timeout(Duration::from_secs(2), conn.closed())
+            .await
+            .is_ok()
+    }
+
+    async fn recv(q: &Quic) -> (Vec<u8>, SocketAddr) {
+        let mut buf = vec![0u8; 70_000];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), q.recv_packet(&mut buf))
+            .await
+            .expect("a packet in time")
+            .unwrap();
+        buf.truncate(n);
+        (buf, from)
+    }
+
+    #[tokio::test]
+    async fn small_packets_go_as_datagrams_and_large_ones_whole_on_a_stream() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = TestCa::new();
+        let tasks = TaskTracker::new();
+        let a = ca.endpoint(&ca, &["server.dc1.consul"], &tasks);
+        let b = ca.endpoint(&ca, &["server.dc2.consul"], &tasks);
+        let b_addr = b.local_addr();
+        // The first packet dials in the background and may be dropped, like UDP.
+        a.connection(b_addr).await.unwrap();
+        a.send_packet(b_addr, b"ping").await.unwrap();
+        let (got, from) = recv(&b).await;
+        assert_eq!(got, b"ping");
+        assert_eq!(from, a.local_addr());
+        let big: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        a.send_packet(b_addr, &big).await.unwrap();
+        let (got, _) = recv(&b).await;
+        assert_eq!(got, big, "a packet over the datagram limit arrives whole");
+        // And the answer goes back over the same connection.
+        b.send_packet(a.local_addr(), b"pong").await.unwrap();
+        assert_eq!(recv(&a).await.0, b"pong");
+    }
+
+    #[tokio::test]
+    async fn only_server_certificates_of_the_ca_and_domain_get_through() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = TestCa::new();
+        let other = TestCa::new();
+        let tasks = TaskTracker::new();
+        let server = ca.endpoint(&ca, &["server.dc1.consul"], &tasks);
+        let to = server.local_addr();
+        let good = ca.endpoint(&ca, &["server.dc2.consul"], &tasks);
+        assert!(
+            !refused(good.connection(to).await.ok()).await,
+            "a server certificate of the CA"
+        );
+        for (issuer, names, what) in [
+            (&other, &["server.dc2.consul"][..], "another CA"),
+            (&ca, &["client.dc2.consul"][..], "a client certificate"),
+            (&ca, &["server.dc2.example"][..], "another domain"),
+            (&ca, &["server.a.b.consul"][..], "a malformed datacenter"),
+        ] {
+            let q = ca.endpoint(issuer, names, &tasks);
+            assert!(
+                refused(q.connection(to).await.ok()).await,
+                "{what} must be refused"
+            );
+        }
+        // And a router refuses to dial one whose certificate is not a server's.
+        let client_only = ca.endpoint(&ca, &["client.dc3.consul"], &tasks);
+        let err = good.connection(client_only.local_addr()).await;
+        assert!(err.is_err(), "dialling a non-server certificate must fail");
+    }
+}
