@@ -6,6 +6,8 @@
 #   bash bench/run.sh http   # /v1/health/service/web?passing reads/s
 #   bash bench/run.sh kv     # KV puts and gets at 1, 16, 64 clients; etcd side by side if installed
 #   bash bench/run.sh raft   # the same against 3 Raft servers and a 3-member etcd, with Cairn/etcd ratios
+#   bash bench/run.sh wan    # a KV read in dc2 directly vs the same read from dc1 (?dc=dc2) through
+#                            # one WAN router per side, at 1, 16, 64 clients, with cross/in-DC ratios
 #   bash bench/run.sh all    # everything (default)
 #
 # Optional peers and tools: `apt-get install etcd-server dnsperf`. Set SECONDS_PER_RUN to
@@ -16,8 +18,9 @@ what=${1:-all}
 secs=${SECONDS_PER_RUN:-10}
 instances=${INSTANCES:-50}
 
-cargo build --release --quiet --bin cairn --bin cairn-bench
-cairn=target/release/cairn
+cargo build --release --quiet --bin cairn --bin cairn-bench --bin cairn-wan-router
+cairn=$PWD/target/release/cairn
+router=$PWD/target/release/cairn-wan-router
 bench=target/release/cairn-bench
 work=$(mktemp -d)
 pids=()
@@ -149,8 +152,55 @@ for (who, op, c), (tput, p50, p99) in sorted(rows.items()):
 PY
 }
 
+# Two datacenters of one server and one router each, on 127.0.7.x and 127.0.8.x. The same
+# key is read in dc2 directly and from dc1 with ?dc=dc2 (server → router → QUIC → router →
+# server and back); the added latency and the throughput ratio are what forwarding costs.
+bench_wan() {
+  echo "== cross-datacenter reads: GET /v1/kv/bench in dc2, directly and from dc1 (${secs}s per run)"
+  (cd "$work" && "$cairn" tls ca create >/dev/null && "$cairn" tls cert create -server -dc dc1 >/dev/null \
+    && "$cairn" tls cert create -server -dc dc2 >/dev/null)
+  for k in 1 2; do
+    ip=127.0.$((6 + k)).1
+    "$cairn" agent -server -bootstrap -log-level=warn -datacenter="dc$k" -node=s1 -data-dir="$work/dc$k" \
+      -bind=$ip -client=$ip -dns-port=-1 >"$work/dc$k.log" 2>&1 &
+    pids+=($!)
+    join=(); [ "$k" = 2 ] && join=(-retry-join-wan 127.0.7.11 -retry-interval-wan 1s)
+    "$router" -dc "dc$k" -node s1 -bind 127.0.$((6 + k)).11 -join-lan $ip "${join[@]}" -log-level warn \
+      -ca-file "$work/consul-agent-ca.pem" -cert-file "$work/dc$k-server-consul-0.pem" \
+      -key-file "$work/dc$k-server-consul-0-key.pem" >"$work/router$k.log" 2>&1 &
+    pids+=($!)
+  done
+  for _ in $(seq 300); do
+    [ "$(curl -s -XPUT '127.0.8.1:8500/v1/kv/bench' -d "$(head -c 128 /dev/zero | tr '\0' x)")" = true ] && break
+    sleep 0.1
+  done
+  wait_http "http://127.0.7.1:8500/v1/kv/bench?dc=dc2" "$work/router1.log"
+  for c in 1 16 64; do
+    "$bench" --concurrency "$c" --seconds "$secs" http 127.0.8.1:8500 /v1/kv/bench | tee -a "$work/wan.out"
+    "$bench" --concurrency "$c" --seconds "$secs" http 127.0.7.1:8500 '/v1/kv/bench?dc=dc2' | tee -a "$work/wan.out"
+  done
+  echo "== cross-DC / in-DC (throughput: higher is better; added latency: lower is better)"
+  python3 - "$work/wan.out" <<'PY'
+import re, sys
+rows = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"http GET (\S+) c=(\d+): .* ([\d.]+) ops/s, p50 ([\d.]+) ms, p99 ([\d.]+) ms", line)
+    if m:
+        rows[("cross" if "dc=" in m[1] else "in", int(m[2]))] = tuple(float(x) for x in m.group(3, 4, 5))
+for c in sorted({c for _, c in rows}):
+    if ("in", c) not in rows or ("cross", c) not in rows:
+        continue
+    (it, i50, i99), (ct, c50, c99) = rows[("in", c)], rows[("cross", c)]
+    print(f"c={c}: throughput x{ct / it:.2f}, p50 +{(c50 - i50) * 1000:.0f} us, p99 +{(c99 - i99) * 1000:.0f} us")
+PY
+}
+
 if [ "$what" = raft ]; then
   bench_raft
+  exit 0
+fi
+if [ "$what" = wan ]; then
+  bench_wan
   exit 0
 fi
 start_cairn
@@ -159,5 +209,5 @@ case "$what" in
   http) register_web; bench_http ;;
   kv) bench_kv ;;
   all) register_web; bench_dns; bench_http; bench_kv ;;
-  *) echo "usage: $0 [dns|http|kv|raft|all]"; exit 2 ;;
+  *) echo "usage: $0 [dns|http|kv|raft|wan|all]"; exit 2 ;;
 esac

@@ -127,6 +127,52 @@ async fn two_datacenters_answer_each_other_and_survive_dead_routers() {
     let out = dc1.run_cli(&["kv", "get", "-datacenter=dc2", "cross/key"]);
     assert_eq!(stdout(&out).trim(), "from-dc1", "{}", stderr(&out));
 
+    // Transactions, catalog writes and events for dc2 from dc1 land in dc2.
+    let r = http
+        .put(dc1.url("/v1/txn?dc=dc2"))
+        .body(r#"[{"KV":{"Verb":"set","Key":"cross/txn","Value":"eA=="}}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let raw = http
+        .get(dc2.url("/v1/kv/cross/txn?raw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.text().await.unwrap(), "x");
+    let r = http
+        .put(dc1.url("/v1/catalog/register?dc=dc2"))
+        .body(r#"{"Node":"ext","Address":"198.18.0.9","Service":{"Service":"ext","Port":9}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let ext = dc2.get_json("/v1/catalog/service/ext").await;
+    assert_eq!(ext.as_array().map(Vec::len), Some(1), "{ext}");
+    let ext1 = dc1.get_json("/v1/catalog/service/ext").await;
+    assert_eq!(ext1, serde_json::json!([]), "registered in dc2, not dc1");
+    let fired: serde_json::Value = http
+        .put(dc1.url("/v1/event/fire/cross-deploy?dc=dc2"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = fired["ID"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(10), "the event in dc2", || async {
+        let list = dc2.get_json("/v1/event/list?name=cross-deploy").await;
+        list.as_array()?
+            .iter()
+            .any(|e| e["ID"] == id.as_str())
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let here = dc1.get_json("/v1/event/list?name=cross-deploy").await;
+    assert_eq!(here, serde_json::json!([]), "fired in dc2, not dc1");
+
     // A blocking query across datacenters waits there and carries dc2's index.
     let r = http
         .get(dc1.url("/v1/kv/cross/key?dc=dc2"))
@@ -298,4 +344,38 @@ async fn two_datacenters_answer_each_other_and_survive_dead_routers() {
             .await
             > 0.0
     );
+
+    // With its last router gone, dc2 is known but unreachable: Consul's other error.
+    fed.dc_mut("dc2").routers[2].kill9();
+    let dc1 = fed.dc("dc1").client();
+    let started = std::time::Instant::now();
+    let body = eventually(Duration::from_secs(60), "dc2 unreachable", || async {
+        let r = http
+            .get(dc1.url("/v1/kv/cross/key?dc=dc2"))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .ok()?;
+        if r.status() != 500 {
+            return None;
+        }
+        r.text().await.ok()
+    })
+    .await
+    .unwrap();
+    assert!(
+        body.contains("Remote DC has no server currently reachable"),
+        "{body}"
+    );
+    eprintln!("dc2 reported unreachable after {:?}", started.elapsed());
+    let unknown = http.get(dc1.url("/v1/kv/x?dc=dc9")).send().await.unwrap();
+    assert!(
+        unknown
+            .text()
+            .await
+            .unwrap()
+            .contains("No path to datacenter")
+    );
+    let dns = dig(dc1.dns.unwrap(), "web.service.dc2.consul", "A", &[]);
+    assert_eq!(dns.status, "SERVFAIL", "{}", dns.raw);
 }

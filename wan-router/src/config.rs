@@ -452,6 +452,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_in_deploy_is_valid() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/examples/router.json"
+        );
+        let c = parse(&["-config-file", path]).unwrap();
+        assert_eq!(c.node, "server1");
+        assert_eq!(c.retry_join_wan.len(), 2);
+        assert_eq!(c.advertise_wan, Some("203.0.113.11:8302".parse().unwrap()));
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let e = parse(&["-node", "s1"]).unwrap_err();
         assert!(

@@ -2,12 +2,12 @@
 //!
 //! **Outbound** ([`Forwarder::forward`]): a local server hands the router a request for
 //! another datacenter. The router sends it to a live member of that datacenter, chosen at
-//! random ([`crate::routing`]), on a QUIC stream of its own: `[F]`, one request frame, then
-//! the peer answers with one byte as soon as it has read the request ([`RECEIVED`]) and
-//! one answer frame when the request is done. The early byte is what tells a dead or
-//! unreachable router (no byte within [`received_timeout`]) from a slow request (a
-//! blocking query waits minutes), so a dead router costs a fraction of a second, not a
-//! timeout. A read that fails is sent to another member until the deadline (the hold
+//! random ([`crate::routing`]), on a QUIC stream of its own: `[F]` and one request frame.
+//! The peer answers `[ANSWER]` and one answer frame when the request is done; a request
+//! not done within [`ACK_AFTER`] is first acknowledged with `[RECEIVED]`. Either byte
+//! arriving within [`received_timeout`] is what tells a dead or unreachable router from a
+//! slow request (a blocking query waits minutes), so a dead router costs a fraction of a
+//! second, not a timeout, and a quick request costs no extra packet. A read that fails is sent to another member until the deadline (the hold
 //! timeout, or the blocking wait); a write only when it provably never left (the
 //! connection or stream could not be opened, or the peer said it delivered nothing).
 //!
@@ -39,8 +39,13 @@ use crate::routing::Penalties;
 use crate::telemetry::names;
 use crate::transport::{ForwardStream, Quic, STREAM_FORWARD};
 
-/// The byte a router sends back as soon as it has read a forwarded request.
+/// What a router sends back when a forwarded request is not done within [`ACK_AFTER`].
 pub const RECEIVED: u8 = 0x06;
+/// What precedes the answer frame.
+pub const ANSWER: u8 = 0x07;
+/// How long a router works on a request before acknowledging it; well under the least
+/// [`received_timeout`], so a slow request is never taken for a dead router.
+pub const ACK_AFTER: Duration = Duration::from_millis(100);
 /// How many routers a request may pass; a request from another datacenter is never sent
 /// on to a third.
 pub const MAX_HOPS: u8 = 1;
@@ -120,12 +125,14 @@ fn retry_deadline(f: &Forwarded) -> Duration {
     }
 }
 
-async fn write_frame(send: &mut quinn::SendStream, body: &[u8]) -> Result<(), String> {
+/// `prefix`, then `body` as a frame (4-byte length first), in one buffer.
+fn framed(prefix: u8, body: &[u8]) -> Result<Vec<u8>, String> {
     let len = u32::try_from(body.len()).map_err(|_| "frame too large".to_string())?;
-    send.write_all(&len.to_be_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    send.write_all(body).await.map_err(|e| e.to_string())
+    let mut out = Vec::with_capacity(5 + body.len());
+    out.push(prefix);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(body);
+    Ok(out)
 }
 
 async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, String> {
@@ -196,7 +203,7 @@ impl Forwarder {
             from: self.fed.datacenter.clone(),
             forwarded: fwd,
         };
-        let frame = encode(&req)?;
+        let frame = framed(STREAM_FORWARD, &encode(&req)?).map_err(RpcError::internal)?;
         let is_read = req.forwarded.is_read();
         let mut deadline = Instant::now() + retry_deadline(&req.forwarded);
         let mut attempts = 0u32;
@@ -268,24 +275,29 @@ impl Forwarder {
     ) -> Result<WanAnswer, Attempt> {
         let (mut send, mut recv) = self
             .quic
-            .open(t.addr, STREAM_FORWARD)
+            .open(t.addr, frame)
             .await
             .map_err(Attempt::at(Reached::Nowhere))?;
+        let _ = send.finish();
         let ack_wait = received_timeout(self.quic.rtt(t.addr));
-        let sent = async {
-            write_frame(&mut send, frame).await?;
-            send.finish().map_err(|e| e.to_string())?;
-            recv.read_u8().await.map_err(|e| e.to_string())
-        };
         let unknown = Attempt::at(Reached::Unknown);
-        match tokio::time::timeout(ack_wait, sent).await {
-            Ok(Ok(RECEIVED)) => {}
-            Ok(Ok(_)) => return Err(unknown("a bad acknowledgement".into())),
-            Ok(Err(e)) => return Err(unknown(e)),
+        let first = match tokio::time::timeout(ack_wait, recv.read_u8()).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return Err(unknown(e.to_string())),
             Err(_) => return Err(unknown(format!("no acknowledgement in {ack_wait:?}"))),
-        }
+        };
         let lost = Attempt::at(Reached::Peer);
-        let answer = tokio::time::timeout(answer_timeout(fwd), read_frame(&mut recv))
+        let answer = async {
+            let kind = match first {
+                RECEIVED => recv.read_u8().await.map_err(|e| e.to_string())?,
+                other => other,
+            };
+            if kind != ANSWER {
+                return Err(format!("a stream of an unknown kind {kind:#x}"));
+            }
+            read_frame(&mut recv).await
+        };
+        let answer = tokio::time::timeout(answer_timeout(fwd), answer)
             .await
             .map_err(|_| Attempt::at(Reached::Peer)("no answer in time".into()))?
             .map_err(lost)?;
@@ -336,17 +348,24 @@ impl Forwarder {
                 return;
             }
         };
-        if send.write_all(&[RECEIVED]).await.is_err() {
-            return;
-        }
-        let answer = self.relay(req).await;
+        let relay = self.relay(req);
+        tokio::pin!(relay);
+        let answer = tokio::select! {
+            a = &mut relay => a,
+            _ = tokio::time::sleep(ACK_AFTER) => {
+                if send.write_all(&[RECEIVED]).await.is_err() {
+                    return;
+                }
+                relay.await
+            }
+        };
         let outcome = match &answer {
             WanAnswer::Ok(_) => "ok",
             WanAnswer::Failed(_) => "error",
             WanAnswer::NotDelivered(_) => "not_delivered",
         };
         metrics::counter!(names::RELAYED, "outcome" => outcome).increment(1);
-        let frame = match encode(&answer) {
+        let body = match encode(&answer) {
             Ok(f) if f.len() <= MAX_FRAME => f,
             Ok(f) => encode(&WanAnswer::Failed(RpcError::internal(format!(
                 "the answer ({} bytes) is larger than the {MAX_FRAME}-byte frame limit",
@@ -356,7 +375,9 @@ impl Forwarder {
             Err(e) => encode(&WanAnswer::Failed(e)).unwrap_or_default(),
         };
         let written = async {
-            write_frame(&mut send, &frame).await?;
+            send.write_all(&framed(ANSWER, &body)?)
+                .await
+                .map_err(|e| e.to_string())?;
             send.finish().map_err(|e| e.to_string())
         };
         if let Ok(Err(e)) | Err(e) = tokio::time::timeout(FRAME_TIMEOUT, written)
@@ -417,6 +438,13 @@ impl Forwarder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slow_request_is_acknowledged_long_before_the_least_ack_wait() {
+        assert!(ACK_AFTER * 4 <= received_timeout(Some(Duration::ZERO)));
+        let f = framed(ANSWER, b"abc").unwrap();
+        assert_eq!(f, [ANSWER, 0, 0, 0, 3, b'a', b'b', b'c']);
+    }
 
     #[test]
     fn acknowledgements_are_waited_for_a_few_round_trips_at_most_three_seconds() {

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init_logging(&config.log_level, config.log_json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -478,6 +478,22 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configs_in_deploy_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        for (file, server) in [("server.json", true), ("client.json", false)] {
+            let fc = load(&[dir.join(file)]).unwrap();
+            let mut c = Config::default();
+            fc.apply(&mut c).unwrap();
+            c.validate().unwrap();
+            assert_eq!(c.server, server, "{file}");
+        }
+        let fc = load(&[dir.join("server.json")]).unwrap();
+        let mut c = Config::default();
+        fc.apply(&mut c).unwrap();
+        assert_eq!(c.advertise_wan().to_string(), "203.0.113.11");
+    }
+
+    #[test]
     fn merges_in_name_order_and_collects_services() {
         let dir = std::env::temp_dir().join(format!("cairn-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -6,7 +6,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::{get, put};
 use cairn_shared::api::{DeregisterRequest, RegisterRequest};
-use cairn_shared::rpc::{Query, QueryResult, Select, WriteOp, WriteRequest};
+use cairn_shared::rpc::{Query, QueryOptions, QueryResult, Select, WriteOp, WriteRequest};
 
 use super::error::{ApiError, ApiResult};
 use super::{HttpState, Params, json, methods, path_tail, query_json, read, read_body, unexpected};
@@ -54,7 +54,7 @@ pub(super) fn select(params: &Params) -> Select {
 async fn decode_write<T: serde::de::DeserializeOwned>(
     st: &HttpState,
     req: Request,
-) -> Result<(Params, String, T), ApiError> {
+) -> Result<(Params, QueryOptions, T), ApiError> {
     let params = Params::parse(req.uri().query());
     let options = params.query_options(req.headers())?;
     let declared = super::content_length(req.headers());
@@ -64,19 +64,27 @@ async fn decode_write<T: serde::de::DeserializeOwned>(
     .await?;
     let value: T = super::decode::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
-    Ok((params, options.token, value))
+    Ok((params, options, value))
+}
+
+/// The datacenter a catalog write is for, as Consul's `parseDC` picks it: `?dc` over the
+/// body's `Datacenter` over the agent's own.
+fn write_dc(st: &HttpState, options: &QueryOptions, body_dc: &str) -> String {
+    [options.datacenter.as_str(), body_dc]
+        .into_iter()
+        .find(|d| !d.is_empty())
+        .unwrap_or(&st.info.datacenter)
+        .to_string()
 }
 
 async fn register(State(st): State<HttpState>, req: Request) -> ApiResult {
-    let (params, token, mut body): (_, _, RegisterRequest) = decode_write(&st, req).await?;
-    if body.datacenter.is_empty() {
-        body.datacenter = st.info.datacenter.clone();
-    }
+    let (params, options, mut body): (_, _, RegisterRequest) = decode_write(&st, req).await?;
+    body.datacenter = write_dc(&st, &options, &body.datacenter);
     let datacenter = body.datacenter.clone();
     st.rpc
         .write(WriteRequest {
             datacenter,
-            token,
+            token: options.token,
             op: WriteOp::CatalogRegister(Box::new(body)),
         })
         .await?;
@@ -84,11 +92,12 @@ async fn register(State(st): State<HttpState>, req: Request) -> ApiResult {
 }
 
 async fn deregister(State(st): State<HttpState>, req: Request) -> ApiResult {
-    let (params, token, body): (_, _, DeregisterRequest) = decode_write(&st, req).await?;
+    let (params, options, mut body): (_, _, DeregisterRequest) = decode_write(&st, req).await?;
+    body.datacenter = write_dc(&st, &options, &body.datacenter);
     st.rpc
         .write(WriteRequest {
             datacenter: body.datacenter.clone(),
-            token,
+            token: options.token,
             op: WriteOp::CatalogDeregister(body),
         })
         .await?;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
@@ -108,7 +108,10 @@ impl RpcClient {
         let pending: Pending = Arc::default();
         tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
-                if sink.send(frame).await.is_err() {
+                if super::wire::write_batch(&mut sink, &mut rx, frame)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -126,7 +126,10 @@ async fn connection(
     let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(256);
     let writer = tasks.spawn(async move {
         while let Some(frame) = rx.recv().await {
-            if sink.send(frame).await.is_err() {
+            if super::wire::write_batch(&mut sink, &mut rx, frame)
+                .await
+                .is_err()
+            {
                 return;
             }
         }

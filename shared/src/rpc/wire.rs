@@ -152,6 +152,29 @@ pub fn codec() -> tokio_util::codec::LengthDelimitedCodec {
         .new_codec()
 }
 
+/// Writes `first` and every frame already queued behind it, then flushes once: under load
+/// one system call carries many frames instead of one each.
+#[cfg(feature = "net")]
+pub async fn write_batch<S>(
+    sink: &mut S,
+    queue: &mut tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    first: bytes::Bytes,
+) -> Result<(), S::Error>
+where
+    S: futures_util::Sink<bytes::Bytes> + Unpin,
+{
+    use futures_util::SinkExt;
+    sink.feed(first).await?;
+    // A bounded batch, so one busy connection cannot starve the flush.
+    for _ in 0..64 {
+        match queue.try_recv() {
+            Ok(more) => sink.feed(more).await?,
+            Err(_) => break,
+        }
+    }
+    sink.flush().await
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{Query, QueryOptions};

@@ -360,18 +360,19 @@ impl Quic {
         Ok(conn)
     }
 
-    /// Opens a stream of `kind` to `to`.
+    /// Opens a stream to `to` and writes `first` on it: the kind byte, and what follows it
+    /// when the caller has it at hand (one write, so it usually goes in one packet).
     pub async fn open(
         &self,
         to: SocketAddr,
-        kind: u8,
+        first: &[u8],
     ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
         let conn = self.connection(to).await?;
         let (mut send, recv) = conn
             .open_bi()
             .await
             .map_err(|e| format!("opening a stream to {to}: {e}"))?;
-        send.write_all(&[kind])
+        send.write_all(first)
             .await
             .map_err(|e| format!("writing to {to}: {e}"))?;
         Ok((send, recv))
@@ -462,7 +463,7 @@ impl GossipTransport for Quic {
 
     async fn connect(&self, to: SocketAddr) -> io::Result<BoxStream> {
         let (send, recv) = self
-            .open(to, STREAM_GOSSIP)
+            .open(to, &[STREAM_GOSSIP])
             .await
             .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?;
         Ok(Box::new(tokio::io::join(recv, send)))
