@@ -7,9 +7,11 @@
 //! not done within [`ACK_AFTER`] is first acknowledged with `[RECEIVED]`. Either byte
 //! arriving within [`received_timeout`] is what tells a dead or unreachable router from a
 //! slow request (a blocking query waits minutes), so a dead router costs a fraction of a
-//! second, not a timeout, and a quick request costs no extra packet. A read that fails is sent to another member until the deadline (the hold
-//! timeout, or the blocking wait); a write only when it provably never left (the
-//! connection or stream could not be opened, or the peer said it delivered nothing).
+//! second, not a timeout, and a quick request costs no extra packet.
+//!
+//! A read that fails is sent to another member until the deadline (the hold timeout, or
+//! the blocking wait); a write only when it provably never left (the connection or stream
+//! could not be opened, or the peer said it delivered nothing to any server).
 //!
 //! **Inbound** ([`Forwarder::serve`]): a request from another datacenter's router is
 //! relayed over the RPC port to the server this router fronts, or, when that one is down,

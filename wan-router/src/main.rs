@@ -32,6 +32,8 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init_logging(&config.log_level, config.log_json);
+    // One thread: a router's work is hops between sockets, and on one thread those hops
+    // wake no other thread (measured: lower latency and more throughput than two).
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
