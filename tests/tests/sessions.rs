@@ -152,12 +152,13 @@ async fn acquire_release_and_lock_delay() {
         "false"
     );
 
-    // Destroying the holder releases the key and starts its 2s lock-delay.
+    // Destroying the holder releases the key and starts its 2s lock-delay. The delay
+    // starts when the server applies the destroy, so time it from before the request.
+    let destroyed = Instant::now();
     http.put(agent.url(&format!("/v1/session/destroy/{s1}")))
         .send()
         .await
         .unwrap();
-    let destroyed = Instant::now();
     let e = entry(&http, &agent, "svc/leader").await.unwrap();
     assert!(e.get("Session").is_none());
     assert_eq!(
