@@ -7,7 +7,8 @@
 #   bash bench/run.sh kv     # KV puts and gets at 1, 16, 64 clients; etcd side by side if installed
 #   bash bench/run.sh raft   # the same against 3 Raft servers and a 3-member etcd, with Cairn/etcd ratios
 #   bash bench/run.sh wan    # a KV read in dc2 directly vs the same read from dc1 (?dc=dc2) through
-#                            # one WAN router per side, at 1, 16, 64 clients, with cross/in-DC ratios
+#                            # one WAN router per side, at 1, 16, 64 clients, with cross/in-DC ratios;
+#                            # then a prepared query executed locally vs after one failover
 #   bash bench/run.sh all    # everything (default)
 #
 # Optional peers and tools: `apt-get install etcd-server dnsperf`. Set SECONDS_PER_RUN to
@@ -193,6 +194,21 @@ for c in sorted({c for _, c in rows}):
     (it, i50, i99), (ct, c50, c99) = rows[("in", c)], rows[("cross", c)]
     print(f"c={c}: throughput x{ct / it:.2f}, p50 +{(c50 - i50) * 1000:.0f} us, p99 +{(c99 - i99) * 1000:.0f} us")
 PY
+  # A prepared query for `web` (registered in dc2 only), executed in dc2 where it answers
+  # locally, and in dc1 where it fails over to dc2 once.
+  curl -sf -XPUT 127.0.8.1:8500/v1/catalog/register -d '{"Node":"web1","Address":"10.0.0.1",
+    "Service":{"Service":"web","Port":80}}' >/dev/null
+  for ip in 127.0.7.1 127.0.8.1; do
+    curl -sf -XPOST "$ip:8500/v1/query" -d '{"Name":"geo","Service":{"Service":"web","Failover":{"NearestN":1}}}' >/dev/null
+  done
+  curl -s 127.0.7.1:8500/v1/query/geo/execute | grep -q '"Failovers":1' || { echo "no failover"; exit 1; }
+  echo "== prepared query execute: local (dc2) vs one failover (dc1 -> dc2)"
+  for c in 1 16; do
+    printf 'local     '
+    "$bench" --concurrency "$c" --seconds "$secs" http 127.0.8.1:8500 /v1/query/geo/execute
+    printf 'failover  '
+    "$bench" --concurrency "$c" --seconds "$secs" http 127.0.7.1:8500 /v1/query/geo/execute
+  done
 }
 
 if [ "$what" = raft ]; then

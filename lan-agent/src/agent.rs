@@ -307,6 +307,8 @@ async fn start_parts(
             let app = http::router(state);
             let stop = shutdown.clone();
             tasks.spawn(async move {
+                // With the peer's address: `near=_ip` sorts from the asking host.
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
                 let serve = axum::serve(listener, app)
                     .with_graceful_shutdown(async move { stop.cancelled().await });
                 if let Err(e) = serve.await {
@@ -322,6 +324,7 @@ async fn start_parts(
             let settings = DnsSettings {
                 domain: config.domain.to_ascii_lowercase(),
                 datacenter: config.datacenter.clone(),
+                node: config.node_name.clone(),
                 config: config.dns.clone(),
                 recursors: config.recursors.clone(),
             };

@@ -3,11 +3,13 @@
 Usage: python tests/py/py_consul_check.py PATH_TO_CAIRN
 
 Exercises KV put/get/recurse/keys, check-and-set, a blocking get woken by a write,
-sessions (create/info/renew/destroy with TTL and lock-delay), acquire/release, and
-transactions. Exits non-zero on the first failed expectation.
+sessions (create/info/renew/destroy with TTL and lock-delay), acquire/release,
+transactions, and prepared queries (create, list, get, execute by name and ID, explain,
+delete). Exits non-zero on the first failed expectation.
 """
 
 import base64
+import json
 import os
 import socket
 import subprocess
@@ -15,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 import consul
 
@@ -142,11 +145,46 @@ def check_txn(c):
     assert t3 is None, "the failed transaction was not rolled back"
 
 
+def check_queries(c):
+    c.agent.service.register("pyweb", port=8080, tags=["v1"])
+    # py-consul sends lower-case keys and always a template block: its queries are
+    # name-prefix templates, resolved by name.
+    created = c.query.create("pyweb", name="py-web", nearestn=1, ttl="7s", tags=["v1"])
+    qid = created["ID"]
+    listed = c.query.list()
+    assert [q["ID"] for q in listed] == [qid], listed
+    got = c.query.get(qid)
+    assert got[0]["Name"] == "py-web" and got[0]["Service"]["Failover"]["NearestN"] == 1, got
+    assert got[0]["DNS"]["TTL"] == "7s" and got[0]["Service"]["Tags"] == ["v1"], got
+    ran = c.query.execute("py-web")
+    assert ran["Service"] == "pyweb" and ran["Failovers"] == 0, ran
+    assert [n["Service"]["Port"] for n in ran["Nodes"]] == [8080], ran
+    assert c.query.execute("py-web-extra")["Service"] == "pyweb", "the template's prefix matches"
+    explained = c.query.explain("py-web")
+    assert explained["Query"]["ID"] == qid, explained
+    # A plain (non-template) query, made over the API, executes by ID too.
+    body = json.dumps({"Name": "py-plain", "Service": {"Service": "pyweb"}}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{c.http.port}/v1/query", data=body, method="POST")
+    plain = json.load(urllib.request.urlopen(req))["ID"]
+    ran = c.query.execute(plain, limit=1)
+    assert len(ran["Nodes"]) == 1 and ran["Datacenter"] == "dc1", ran
+    try:
+        c.query.create("pyweb", name="py-web")
+        raise AssertionError("a duplicate name must be refused")
+    except consul.ConsulException as e:
+        assert "aliases an existing query name" in str(e), e
+    # py-consul turns the 404 for an unknown ID into None.
+    assert c.query.get("11111111-2222-3333-4444-555555555555") is None
+    assert c.query.delete(qid) is True
+    assert c.query.delete(plain) is True
+    assert c.query.list() == []
+
+
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else "target/debug/cairn"
     proc, c, log = start_agent(binary)
     try:
-        for check in (check_kv, check_blocking, check_sessions, check_txn):
+        for check in (check_kv, check_blocking, check_sessions, check_txn, check_queries):
             check(c)
             print(f"ok   {check.__name__}")
     except Exception:

@@ -533,3 +533,98 @@ impl rustls::client::danger::ServerCertVerifier for TrustAll {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// WAN probes twice a second, so coordinates settle within a test.
+pub const FAST_PROBES: &str = r#"{"gossip_wan": {"probe_interval": "500ms", "probe_timeout": "400ms",
+  "gossip_interval": "200ms", "suspicion_mult": 6}}"#;
+
+/// Round trips between three datacenters, in milliseconds, as the latency tests lay them
+/// out: dc1–dc2 50 ms, dc1–dc3 150 ms, dc2–dc3 120 ms.
+pub fn three_dc_rtt_ms(a: usize, b: usize) -> u64 {
+    match (a.min(b), a.max(b)) {
+        (x, y) if x == y => 0,
+        (1, 2) => 50,
+        (1, 3) => 150,
+        (2, 3) => 120,
+        _ => unreachable!("three datacenters"),
+    }
+}
+
+/// Datacenters of one dev agent (`s1`) and its router each, the routers reaching each
+/// other through delay proxies: `rtt_ms(a, b)` is the round trip between datacenters `a`
+/// and `b` (1-based).
+pub struct DelayedDcs {
+    pub agents: Vec<Agent>,
+    pub routers: Vec<Router>,
+    pub proxies: Vec<crate::delay::DelayProxy>,
+    pub certs: Certs,
+}
+
+/// The datacenter of a router's address (`127.(10+k).0.x`).
+pub fn dc_of(ip: std::net::IpAddr) -> usize {
+    match ip {
+        std::net::IpAddr::V4(v4) => usize::from(v4.octets()[1]).saturating_sub(10),
+        std::net::IpAddr::V6(_) => 0,
+    }
+}
+
+impl DelayedDcs {
+    pub async fn start(count: usize, rtt_ms: fn(usize, usize) -> u64) -> anyhow::Result<Self> {
+        use std::net::IpAddr;
+        let certs = Certs::new();
+        let (mut agents, mut routers, mut proxies) = (Vec::new(), Vec::new(), Vec::new());
+        let mut first_proxy: Option<SocketAddr> = None;
+        for k in 1..=count {
+            let dc = format!("dc{k}");
+            let agent = AgentOpts::default()
+                .ip(dc_ip(k, 1))
+                .node("s1")
+                .dns()
+                .arg(format!("-datacenter={dc}"))
+                .start()
+                .await?;
+            let router_ip = dc_ip(k, 11);
+            let wan_port = free_udp_tcp_port(router_ip);
+            let delay: crate::delay::DelayFn =
+                std::sync::Arc::new(move |from| Duration::from_millis(rtt_ms(k, dc_of(from)) / 2));
+            let proxy = crate::delay::DelayProxy::start(
+                SocketAddr::new(IpAddr::V4(dc_ip(k, 111)), 0),
+                SocketAddr::new(IpAddr::V4(router_ip), wan_port),
+                delay,
+            )
+            .await;
+            let mut opts = RouterOpts::new(&dc, "s1", router_ip, &certs);
+            opts.wan_port = Some(wan_port);
+            opts.advertise_wan = Some(proxy.addr);
+            opts.join_lan = Some(agent.serf);
+            opts.join_wan = first_proxy.into_iter().collect();
+            opts.config = Some(FAST_PROBES.into());
+            first_proxy.get_or_insert(proxy.addr);
+            routers.push(opts.start().await?);
+            proxies.push(proxy);
+            agents.push(agent);
+        }
+        Ok(Self {
+            agents,
+            routers,
+            proxies,
+            certs,
+        })
+    }
+
+    /// `cairn rtt -wan a b` in milliseconds, as the first agent estimates it.
+    pub fn estimate(&self, a: &str, b: &str) -> Option<f64> {
+        let out = self.agents[0].run_cli(&["rtt", "-wan", a, b]);
+        crate::stdout(&out)
+            .split("rtt: ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|ms| ms.parse::<f64>().ok())
+    }
+
+    /// `/v1/catalog/datacenters` as datacenter `k`'s agent answers it (0-based).
+    pub async fn order(&self, k: usize) -> Vec<String> {
+        let v = self.agents[k].get_json("/v1/catalog/datacenters").await;
+        serde_json::from_value(v).unwrap_or_default()
+    }
+}

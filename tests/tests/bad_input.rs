@@ -32,6 +32,36 @@ fn case(
     }
 }
 
+/// Sends every case and checks its status and one-line message.
+async fn check(http: &reqwest::Client, agent: &Agent, cases: &[Case]) {
+    for c in cases {
+        let r = http
+            .request(c.method.clone(), agent.url(c.path))
+            .body(c.body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, c.status, "{} {}: {text}", c.method, c.path);
+        if c.message.is_empty() {
+            assert!(text.is_empty(), "{} {}: {text}", c.method, c.path);
+        } else {
+            assert!(
+                text.starts_with(c.message),
+                "{} {}: got {text:?}, want {:?}",
+                c.method,
+                c.path,
+                c.message
+            );
+        }
+        assert!(
+            !text.trim_end().contains('\n'),
+            "one-line message: {text:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_get_consuls_answers_and_change_nothing() {
     let agent = Agent::dev().await.unwrap();
@@ -263,32 +293,7 @@ async fn bad_requests_get_consuls_answers_and_change_nothing() {
         message: "Request body(614400 bytes) too large, max size: 524288 bytes.",
     });
 
-    for c in &cases {
-        let r = http
-            .request(c.method.clone(), agent.url(c.path))
-            .body(c.body.clone())
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        assert_eq!(status, c.status, "{} {}: {text}", c.method, c.path);
-        if c.message.is_empty() {
-            assert!(text.is_empty(), "{} {}: {text}", c.method, c.path);
-        } else {
-            assert!(
-                text.starts_with(c.message),
-                "{} {}: got {text:?}, want {:?}",
-                c.method,
-                c.path,
-                c.message
-            );
-        }
-        assert!(
-            !text.trim_end().contains('\n'),
-            "one-line message: {text:?}"
-        );
-    }
+    check(&http, &agent, &cases).await;
 
     // A transaction that fails a check is rolled back: 409 and nothing written.
     let r = http
@@ -322,4 +327,173 @@ async fn bad_requests_get_consuls_answers_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(leader.status(), 200);
+}
+
+/// Prepared queries that Consul refuses: its status and message, and nothing stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_prepared_queries_get_consuls_answers_and_store_nothing() {
+    let agent = Agent::dev().await.unwrap();
+    let http = cairn_tests::http_client();
+    let r = http
+        .post(agent.url("/v1/query"))
+        .body(r#"{"Name":"a","Service":{"Service":"web"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let before: Value = agent.get_json("/v1/query").await;
+    let ghost = "/v1/query/8d1c2b66-57b0-4ac4-a4c4-1ea5d0f0f5f1";
+    let cases = [
+        case(
+            Method::POST,
+            "/v1/query",
+            "{not json",
+            400,
+            "Request decode failed:",
+        ),
+        case(
+            Method::POST,
+            "/v1/query",
+            r#"{"Name":"x"}"#,
+            500,
+            "Invalid prepared query: Must provide a Service name to query",
+        ),
+        case(
+            Method::POST,
+            "/v1/query",
+            r#"{"Name":"t","Template":{"Type":"name_prefix_match","Regexp":"^(["},"Service":{"Service":"w"}}"#,
+            500,
+            "failed compiling template: Bad Regexp:",
+        ),
+        case(
+            Method::POST,
+            "/v1/query",
+            r#"{"Name":"t","Template":{"Type":"glob"},"Service":{"Service":"w"}}"#,
+            500,
+            "failed compiling template: Bad Template.Type 'glob'",
+        ),
+        case(
+            Method::POST,
+            "/v1/query",
+            r#"{"Name":"a","Service":{"Service":"other"}}"#,
+            500,
+            "name 'a' aliases an existing query name",
+        ),
+        case(
+            Method::POST,
+            "/v1/query",
+            r#"{"Name":"n","Service":{"Service":"w","Failover":{"NearestN":-1}}}"#,
+            500,
+            "Invalid prepared query: Bad NearestN '-1', must be >= 0",
+        ),
+        case(
+            Method::POST,
+            "/v1/query",
+            r#"{"Name":"d","Service":{"Service":"w"},"DNS":{"TTL":"soon"}}"#,
+            500,
+            "Invalid prepared query: Bad DNS TTL 'soon'",
+        ),
+        case(Method::GET, ghost, "", 404, "Query not found"),
+        case(
+            Method::GET,
+            "/v1/query/nope/execute",
+            "",
+            404,
+            "Query not found",
+        ),
+        case(
+            Method::GET,
+            "/v1/query/nope/explain",
+            "",
+            404,
+            "Query not found",
+        ),
+        case(
+            Method::PUT,
+            ghost,
+            r#"{"Service":{"Service":"w"}}"#,
+            500,
+            "Cannot modify non-existent prepared query: '8d1c2b66-57b0-4ac4-a4c4-1ea5d0f0f5f1'",
+        ),
+        case(
+            Method::DELETE,
+            ghost,
+            "",
+            500,
+            "Cannot modify non-existent prepared query: '8d1c2b66-57b0-4ac4-a4c4-1ea5d0f0f5f1'",
+        ),
+        case(
+            Method::GET,
+            "/v1/query/a/execute?limit=x",
+            "",
+            500,
+            "strconv.Atoi: parsing \"x\": invalid syntax",
+        ),
+        case(
+            Method::GET,
+            "/v1/query/a/execute?connect=true",
+            "",
+            400,
+            "Connect-capable prepared queries are not supported",
+        ),
+        case(
+            Method::POST,
+            "/v1/query/a",
+            "",
+            405,
+            "method POST not allowed",
+        ),
+    ];
+    check(&http, &agent, &cases).await;
+    assert_eq!(
+        agent.get_json("/v1/query").await,
+        before,
+        "bad input stored a query"
+    );
+}
+
+/// A query bound to a session goes when the session does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_bound_to_a_session_ends_with_it() {
+    let agent = Agent::dev().await.unwrap();
+    let http = cairn_tests::http_client();
+    let session: Value = http
+        .put(agent.url("/v1/session/create"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sid = session["ID"].as_str().unwrap().to_string();
+    let body = format!(r#"{{"Name":"bound","Session":"{sid}","Service":{{"Service":"w"}}}}"#);
+    let r = http
+        .post(agent.url("/v1/query"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .post(agent.url("/v1/query"))
+        .body(r#"{"Name":"ghostly","Session":"8d1c2b66-57b0-4ac4-a4c4-1ea5d0f0f5f1","Service":{"Service":"w"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "invalid session \"8d1c2b66-57b0-4ac4-a4c4-1ea5d0f0f5f1\""
+    );
+    assert_eq!(
+        agent.get_json("/v1/query").await.as_array().unwrap().len(),
+        1
+    );
+    let r = http
+        .put(agent.url(&format!("/v1/session/destroy/{sid}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(agent.get_json("/v1/query").await, serde_json::json!([]));
 }

@@ -12,16 +12,20 @@
 //! are woken only when what they read moved ([`watch`]).
 
 mod kv;
+pub mod prepared;
 mod query;
 mod registry;
 mod session;
 mod state;
+mod template;
 mod txn;
 pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cairn_shared::api::{CoordinateEntry, HealthCheck, KvPair, Node, NodeService, Session};
+use cairn_shared::api::{
+    CoordinateEntry, HealthCheck, KvPair, Node, NodeService, PreparedQuery, Session,
+};
 use cairn_shared::coordinate::Coordinate;
 use cairn_shared::rpc::{RpcError, WriteOp, WriteResult};
 use serde::{Deserialize, Serialize};
@@ -56,6 +60,7 @@ pub enum Table {
     Tombstones,
     Sessions,
     Coordinates,
+    PreparedQueries,
 }
 
 /// Entry counts per kind.
@@ -94,6 +99,7 @@ enum Undo {
     NodeIndex(String, Option<u64>),
     ServiceIndex(String, Option<u64>),
     Coordinate(String, Option<Coordinate>),
+    Query(String, Option<PreparedQuery>),
 }
 
 /// All replicated state. Cloneable and serialisable so it can be snapshotted whole.
@@ -124,6 +130,9 @@ pub struct Store {
     sessions: BTreeMap<String, Session>,
     /// Node → its latest network coordinate.
     coordinates: BTreeMap<String, Coordinate>,
+    /// Prepared queries by ID (absent from snapshots written before they existed).
+    #[serde(default)]
+    prepared_queries: BTreeMap<String, PreparedQuery>,
     #[serde(skip)]
     journal: Option<Vec<Undo>>,
     #[serde(skip)]
@@ -190,6 +199,9 @@ impl Store {
             WriteOp::RaftRemovePeer { .. } => Err(RpcError::internal(
                 "invariant: peer removal is a Raft configuration change, not a command",
             )),
+            WriteOp::PreparedQuery { op, query } => {
+                self.atomically(|s| s.query_apply(idx, *op, query))
+            }
             WriteOp::SnapshotRestore { data } => {
                 let snap = crate::raft::snapshot::SnapshotFile::decode(data)
                     .map_err(|e| RpcError::bad_request(format!("Snapshot restore failed: {e}")))?;
@@ -212,6 +224,7 @@ impl Store {
             Table::Tombstones,
             Table::Sessions,
             Table::Coordinates,
+            Table::PreparedQueries,
         ] {
             self.table_index.insert(t, idx);
         }
@@ -361,6 +374,7 @@ impl Store {
                 Undo::NodeIndex(k, v) => restore(&mut self.node_index, k, v),
                 Undo::ServiceIndex(k, v) => restore(&mut self.service_index, k, v),
                 Undo::Coordinate(k, v) => restore(&mut self.coordinates, k, v),
+                Undo::Query(k, v) => restore(&mut self.prepared_queries, k, v),
             }
         }
         self.changes.truncate(sp.changes_len);

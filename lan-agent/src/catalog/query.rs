@@ -263,11 +263,27 @@ impl Store {
                         .collect(),
                 ),
             ),
+            Query::PreparedQueries => (
+                self.table(Table::PreparedQueries),
+                QueryResult::PreparedQueries(self.prepared_queries.values().cloned().collect()),
+            ),
+            Query::PreparedQuery { id } => {
+                let Some(q) = self.prepared_queries.get(id) else {
+                    return Err(RpcError::not_found(super::prepared::QUERY_NOT_FOUND));
+                };
+                (
+                    self.table(Table::PreparedQueries),
+                    QueryResult::PreparedQueries(vec![q.clone()]),
+                )
+            }
             Query::Leader
             | Query::Peers
             | Query::Datacenters
             | Query::WanMembers
             | Query::WanCoordinates
+            | Query::PreparedQueryExecute { .. }
+            | Query::PreparedQueryExplain { .. }
+            | Query::PreparedQueryExecuteRemote { .. }
             | Query::RaftConfiguration
             | Query::AutopilotHealth
             | Query::Snapshot => {
@@ -284,7 +300,7 @@ impl Store {
 
     /// Sorts list answers by estimated RTT from `near`; nodes without a coordinate go last,
     /// and nothing moves when `near` itself has none (Consul's rules).
-    fn sort_near(&self, result: &mut QueryResult, near: &str) {
+    pub(super) fn sort_near(&self, result: &mut QueryResult, near: &str) {
         let Some(origin) = self.coordinates.get(near) else {
             return;
         };
@@ -335,12 +351,18 @@ impl Store {
             Query::CoordinateNodes | Query::CoordinateNode { .. } => {
                 vec![WatchKey::Table(Table::Coordinates)]
             }
+            Query::PreparedQueries | Query::PreparedQuery { .. } => {
+                vec![WatchKey::Table(Table::PreparedQueries)]
+            }
             Query::TxnRead(_)
             | Query::Leader
             | Query::Peers
             | Query::Datacenters
             | Query::WanMembers
             | Query::WanCoordinates
+            | Query::PreparedQueryExecute { .. }
+            | Query::PreparedQueryExplain { .. }
+            | Query::PreparedQueryExecuteRemote { .. }
             | Query::RaftConfiguration
             | Query::AutopilotHealth
             | Query::Snapshot => Vec::new(),
@@ -348,7 +370,7 @@ impl Store {
     }
 
     /// An instance with its node-level and own checks, in check-ID order as Consul lists.
-    fn entry(&self, node: &Node, svc: &NodeService) -> ServiceEntry {
+    pub(super) fn entry(&self, node: &Node, svc: &NodeService) -> ServiceEntry {
         ServiceEntry {
             node: node.clone(),
             service: svc.clone(),

@@ -84,6 +84,7 @@ impl Store {
             }
             self.bump(Table::Kvs, idx);
         }
+        self.remove_queries_of_session(idx, &session.id);
         self.bump(Table::Sessions, idx);
     }
 

@@ -603,3 +603,188 @@ fn near_sorts_by_coordinates_and_unknown_nodes_go_last() {
     // Coordinates of unknown nodes are not stored.
     assert!(h.store.coordinate("ghost").is_none());
 }
+
+mod prepared_queries {
+    use cairn_shared::api::{PreparedQuery, QuerySource, TEMPLATE_NAME_PREFIX_MATCH};
+    use cairn_shared::rpc::QueryOp;
+
+    use super::*;
+
+    const ID1: &str = "11111111-1111-1111-1111-111111111111";
+    const ID2: &str = "22222222-2222-2222-2222-222222222222";
+
+    fn pq(id: &str, name: &str, service: &str) -> PreparedQuery {
+        let mut q = PreparedQuery {
+            id: id.into(),
+            name: name.into(),
+            ..PreparedQuery::default()
+        };
+        q.service.service = service.into();
+        q
+    }
+
+    fn put(h: &mut Harness, op: QueryOp, q: &PreparedQuery) -> Result<WriteResult, RpcError> {
+        h.apply(CommandOp::Client(WriteOp::PreparedQuery {
+            op,
+            query: Box::new(q.clone()),
+        }))
+    }
+
+    fn resolve(h: &Harness, name: &str) -> Option<PreparedQuery> {
+        h.store
+            .resolve_query(name, &QuerySource::default())
+            .unwrap()
+    }
+
+    #[test]
+    fn names_are_unique_ignoring_case_and_may_not_alias_an_id() {
+        let mut h = Harness::new();
+        put(&mut h, QueryOp::Create, &pq(ID1, "web-geo", "web")).unwrap();
+        let created = h.store.prepared_query(ID1).unwrap().create_index;
+        let e = put(&mut h, QueryOp::Create, &pq(ID2, "WEB-GEO", "web")).unwrap_err();
+        assert_eq!(e.message, "name 'WEB-GEO' aliases an existing query name");
+        let e = put(&mut h, QueryOp::Create, &pq(ID2, ID1, "web")).unwrap_err();
+        assert_eq!(
+            e.message,
+            format!("name '{ID1}' aliases an existing query ID")
+        );
+        assert!(h.store.prepared_query(ID2).is_none(), "nothing stored");
+        // An update keeps its create index and may keep its own name.
+        put(&mut h, QueryOp::Update, &pq(ID1, "web-geo", "db")).unwrap();
+        let q = h.store.prepared_query(ID1).unwrap();
+        assert_eq!(
+            (q.create_index, q.service.service.as_str()),
+            (created, "db")
+        );
+        assert!(q.modify_index > created);
+        let e = put(&mut h, QueryOp::Update, &pq(ID2, "x", "web")).unwrap_err();
+        assert_eq!(
+            e.message,
+            format!("Cannot modify non-existent prepared query: '{ID2}'")
+        );
+        let before = h.store.queries_index();
+        put(&mut h, QueryOp::Delete, &pq(ID1, "", "")).unwrap();
+        assert!(h.store.prepared_query(ID1).is_none());
+        assert!(h.store.queries_index() > before);
+    }
+
+    #[test]
+    fn resolution_by_id_name_and_longest_template_prefix() {
+        let mut h = Harness::new();
+        put(&mut h, QueryOp::Create, &pq(ID1, "web-geo", "web")).unwrap();
+        let mut t = pq(ID2, "geo-", "${name.suffix}");
+        t.template.kind = TEMPLATE_NAME_PREFIX_MATCH.into();
+        put(&mut h, QueryOp::Create, &t).unwrap();
+        let mut longer = pq(
+            "33333333-3333-3333-3333-333333333333",
+            "geo-db-",
+            "db-${name.suffix}",
+        );
+        longer.template.kind = TEMPLATE_NAME_PREFIX_MATCH.into();
+        put(&mut h, QueryOp::Create, &longer).unwrap();
+
+        assert_eq!(resolve(&h, ID1).unwrap().name, "web-geo");
+        assert_eq!(resolve(&h, "Web-Geo").unwrap().id, ID1);
+        assert_eq!(resolve(&h, "geo-web").unwrap().service.service, "web");
+        assert_eq!(
+            resolve(&h, "geo-db-main").unwrap().service.service,
+            "db-main"
+        );
+        assert!(resolve(&h, "other").is_none());
+        let e = h
+            .store
+            .resolve_query(ID2, &QuerySource::default())
+            .unwrap_err();
+        assert!(
+            e.message.contains("only be resolved up by name"),
+            "{}",
+            e.message
+        );
+        // A second nameless template is refused; a bad one is never stored.
+        let mut anon = pq("44444444-4444-4444-4444-444444444444", "", "x");
+        anon.template.kind = TEMPLATE_NAME_PREFIX_MATCH.into();
+        put(&mut h, QueryOp::Create, &anon).unwrap();
+        anon.id = "55555555-5555-5555-5555-555555555555".into();
+        let e = put(&mut h, QueryOp::Create, &anon).unwrap_err();
+        assert_eq!(
+            e.message,
+            "a query template with an empty name already exists"
+        );
+        let mut bad = pq("66666666-6666-6666-6666-666666666666", "bad-", "x");
+        bad.template.kind = TEMPLATE_NAME_PREFIX_MATCH.into();
+        bad.template.regexp = "([".into();
+        let e = put(&mut h, QueryOp::Create, &bad).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("failed compiling template: Bad Regexp:"),
+            "{}",
+            e.message
+        );
+        assert!(h.store.prepared_query(&bad.id).is_none());
+    }
+
+    #[test]
+    fn a_query_bound_to_a_session_goes_with_it() {
+        let mut h = Harness::new();
+        let mut q = pq(ID1, "", "web");
+        q.session = "s1".into();
+        let e = put(&mut h, QueryOp::Create, &q).unwrap_err();
+        assert_eq!(e.message, "invalid session \"s1\"");
+        h.session("s1", SessionBehavior::Release, 0);
+        put(&mut h, QueryOp::Create, &q).unwrap();
+        put(&mut h, QueryOp::Create, &pq(ID2, "free", "web")).unwrap();
+        h.apply(CommandOp::Client(WriteOp::SessionDestroy {
+            id: "s1".into(),
+        }))
+        .unwrap();
+        assert!(h.store.prepared_query(ID1).is_none());
+        assert!(h.store.prepared_query(ID2).is_some());
+    }
+
+    #[test]
+    fn execution_filters_health_tags_and_meta_as_consul() {
+        let mut h = Harness::new();
+        let mut a = web("n1", "a", &["v1", "blue"]);
+        a.check = Some(HealthCheck {
+            check_id: "flaky".into(),
+            service_id: "a".into(),
+            status: CheckStatus::Warning,
+            ..HealthCheck::default()
+        });
+        register(&mut h, a).unwrap();
+        let mut b = web("n2", "b", &["v1", "green"]);
+        b.address = "127.0.0.2".into();
+        register(&mut h, b).unwrap();
+        let mut c = web("n3", "c", &["v1"]);
+        c.address = "127.0.0.3".into();
+        c.check = Some(HealthCheck {
+            check_id: "down".into(),
+            service_id: "c".into(),
+            status: CheckStatus::Critical,
+            ..HealthCheck::default()
+        });
+        register(&mut h, c).unwrap();
+        let ids = |q: &PreparedQuery| {
+            let mut v: Vec<String> = h
+                .store
+                .run_query(q)
+                .into_iter()
+                .map(|e| e.service.id)
+                .collect();
+            v.sort();
+            v
+        };
+        let mut q = pq(ID1, "q", "web");
+        assert_eq!(ids(&q), ["a", "b"], "critical is always out");
+        q.service.only_passing = true;
+        assert_eq!(ids(&q), ["b"], "warning out with OnlyPassing");
+        q.service.ignore_check_ids = Some(vec!["flaky".into(), "down".into()]);
+        assert_eq!(ids(&q), ["a", "b", "c"], "ignored checks do not count");
+        q.service.tags = Some(vec!["V1".into(), "!blue".into()]);
+        assert_eq!(ids(&q), ["b", "c"], "tags ignore case; !tag excludes");
+        q.service.tags = None;
+        q.service.node_meta = Some([("rack".to_string(), "r1".to_string())].into());
+        assert!(ids(&q).is_empty(), "no node has the meta");
+        assert_eq!(h.store.node_at_address("127.0.0.2").as_deref(), Some("n2"));
+    }
+}

@@ -11,6 +11,7 @@ pub mod lock;
 pub mod maint;
 pub mod members;
 pub mod operator;
+pub mod query;
 pub mod rtt;
 pub mod services;
 pub mod tls;
@@ -75,6 +76,9 @@ pub enum Command {
     /// Save, restore and inspect snapshots of the whole state
     #[command(subcommand)]
     Snapshot(operator::SnapshotCommand),
+    /// Create, list, read, delete and execute prepared queries
+    #[command(subcommand)]
+    Query(query::QueryCommand),
     /// Create a CA and certificates for servers, clients and WAN routers
     #[command(subcommand)]
     Tls(tls::TlsCommand),
@@ -151,6 +155,7 @@ pub async fn run(cli: Cli) -> u8 {
             0
         }
         Command::Tls(cmd) => tls::run(cmd),
+        Command::Query(cmd) => query::run(cmd).await,
         Command::Version(args) => version(&args),
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cairn_shared::api::{CheckStatus, ServiceEntry};
+use cairn_shared::api::{CheckStatus, QuerySource, ServiceEntry};
 use cairn_shared::rpc::{
     Consistency, ErrorKind, Query, QueryOptions, QueryResult, ReadRequest, RpcError,
 };
@@ -45,6 +45,8 @@ pub struct DnsSettings {
     /// The domain, lower-case with the trailing dot (`consul.`).
     pub domain: String,
     pub datacenter: String,
+    /// This agent's node name: prepared queries sort near it for `Near: _agent`.
+    pub node: String,
     pub config: DnsConfig,
     pub recursors: Vec<SocketAddr>,
 }
@@ -117,7 +119,10 @@ impl RequestHandler for ConsulDns {
                 let name = qname.to_ascii().to_ascii_lowercase();
                 let qtype = info.query.query_type();
                 match self.labels_under_domain(&name) {
-                    Some(labels) => self.answer(&labels, qtype, &qname).await,
+                    Some(labels) => {
+                        self.answer(&labels, qtype, &qname, client_ip(request))
+                            .await
+                    }
                     None if self.settings.recursors.is_empty() => {
                         let mut a = Answer::code(ResponseCode::Refused);
                         a.authoritative = false;
@@ -189,7 +194,13 @@ impl ConsulDns {
     }
 
     /// Answers a question under the domain; records are owned by the question's name.
-    async fn answer(&self, labels: &[String], qtype: RecordType, owner: &Name) -> Answer {
+    async fn answer(
+        &self,
+        labels: &[String],
+        qtype: RecordType,
+        owner: &Name,
+        source_ip: IpAddr,
+    ) -> Answer {
         match qtype {
             RecordType::AXFR | RecordType::IXFR => return Answer::code(ResponseCode::NotImp),
             RecordType::SOA => return self.soa_answer().await,
@@ -206,6 +217,10 @@ impl ConsulDns {
                     .await
             }
             DnsQuery::Addr { hex } => self.addr_answer(&hex, qtype, owner),
+            DnsQuery::Query { name, dc } => {
+                self.query_answer(&name, dc.as_deref(), qtype, owner, source_ip)
+                    .await
+            }
             DnsQuery::Unsupported | DnsQuery::Invalid => self.nxdomain(),
         }
     }
@@ -321,11 +336,59 @@ impl ConsulDns {
         }
         let dc_name = dc.unwrap_or(&self.settings.datacenter).to_string();
         let ttl = ttl_secs(self.settings.config.service_ttl(name));
+        self.instances_answer(&entries, &dc_name, ttl, qtype, owner)
+    }
+
+    /// A prepared query's instances, in the order the server sorted them.
+    async fn query_answer(
+        &self,
+        name: &str,
+        dc: Option<&str>,
+        qtype: RecordType,
+        owner: &Name,
+        source_ip: IpAddr,
+    ) -> Answer {
+        let query = Query::PreparedQueryExecute {
+            id_or_name: name.to_string(),
+            limit: 0,
+            agent: QuerySource {
+                node: self.settings.node.clone(),
+                datacenter: self.settings.datacenter.clone(),
+                segment: String::new(),
+            },
+            source_ip: Some(source_ip.to_string()),
+        };
+        let resp = match self.read(query, dc).await {
+            Ok(QueryResult::PreparedQueryExecute(r)) => r,
+            Ok(_) => return Answer::code(ResponseCode::ServFail),
+            Err(e) if e.kind == ErrorKind::NotFound => return self.nxdomain(),
+            Err(e) => return self.rpc_failure(&e),
+        };
+        if resp.nodes.is_empty() {
+            return self.nxdomain();
+        }
+        // The query's own TTL, else the one configured for its service.
+        let ttl = match cairn_shared::duration::parse(&resp.dns.ttl) {
+            Ok(d) if !resp.dns.ttl.is_empty() => d,
+            _ => self.settings.config.service_ttl(&resp.service),
+        };
+        self.instances_answer(&resp.nodes, &resp.datacenter, ttl_secs(ttl), qtype, owner)
+    }
+
+    /// A/AAAA or SRV records for instances of datacenter `dc`.
+    fn instances_answer(
+        &self,
+        entries: &[ServiceEntry],
+        dc: &str,
+        ttl: u32,
+        qtype: RecordType,
+        owner: &Name,
+    ) -> Answer {
         let mut a = Answer::code(ResponseCode::NoError);
         if qtype == RecordType::SRV {
             a.srv = true;
-            for e in &entries {
-                let (target, extra) = self.srv_target(e, &dc_name, ttl);
+            for e in entries {
+                let (target, extra) = self.srv_target(e, dc, ttl);
                 let weight = match e.aggregate_status() {
                     CheckStatus::Warning => e.service.weights.warning,
                     _ => e.service.weights.passing,
@@ -343,7 +406,7 @@ impl ConsulDns {
             records::dedupe(&mut a.additional);
             return a;
         }
-        for e in &entries {
+        for e in entries {
             let addr = if e.service.address.is_empty() {
                 &e.node.address
             } else {
@@ -497,6 +560,21 @@ impl ConsulDns {
         );
         response.send_response(msg).await.ok()
     }
+}
+
+/// The asker's address for `Near: _ip`: the EDNS client subnet when the query carries
+/// one, else the packet's source.
+fn client_ip(request: &Request) -> IpAddr {
+    use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+    request
+        .edns
+        .as_ref()
+        .and_then(|e| e.option(EdnsCode::Subnet))
+        .and_then(|o| match o {
+            EdnsOption::Subnet(s) => Some(s.addr()),
+            _ => None,
+        })
+        .unwrap_or_else(|| request.src().ip())
 }
 
 /// TTLs are whole seconds.

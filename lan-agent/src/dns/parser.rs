@@ -15,7 +15,10 @@ pub enum DnsQuery {
     },
     /// `<hex>.addr[.<dc>]`: an IP address spelled in hex.
     Addr { hex: String },
-    /// Kinds Consul has that this agent does not serve yet (`query`, `connect`, ...).
+    /// `<name>.query[.<dc>]` or RFC 2782 `_<name>._tcp.query[.<dc>]`: a prepared query by
+    /// ID or name (names may contain dots).
+    Query { name: String, dc: Option<String> },
+    /// Kinds Consul has that this agent does not serve yet (`connect`, ...).
     Unsupported,
     /// Not a name Consul would answer: NXDOMAIN.
     Invalid,
@@ -61,6 +64,15 @@ pub fn parse(labels: &[&str], srv: bool) -> DnsQuery {
             hex: parts[0].to_string(),
         },
         "addr" => DnsQuery::Invalid,
+        "query" => DnsQuery::Query {
+            name: match parts {
+                [name, tcp] if name.starts_with('_') && tcp.starts_with('_') => {
+                    name[1..].to_string()
+                }
+                _ => parts.join("."),
+            },
+            dc,
+        },
         _ => DnsQuery::Unsupported,
     }
 }
@@ -169,7 +181,16 @@ mod tests {
         assert_eq!(p("web", false), DnsQuery::Invalid);
         assert_eq!(p("service", false), DnsQuery::Invalid);
         assert_eq!(p("web.service.a.b.c", false), DnsQuery::Invalid);
-        assert_eq!(p("q.query", false), DnsQuery::Unsupported);
+        assert_eq!(p("web.connect", false), DnsQuery::Unsupported);
+        let q = |name: &str, dc: Option<&str>| DnsQuery::Query {
+            name: name.into(),
+            dc: dc.map(Into::into),
+        };
+        assert_eq!(p("web-geo.query", false), q("web-geo", None));
+        assert_eq!(p("web-geo.query.dc2", false), q("web-geo", Some("dc2")));
+        assert_eq!(p("a.b.query", false), q("a.b", None));
+        assert_eq!(p("_web-geo._tcp.query", true), q("web-geo", None));
+        assert_eq!(p("query", false), DnsQuery::Invalid);
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod kv;
 mod members;
 mod operator;
 pub mod params;
+mod query;
 mod session;
 mod status;
 mod txn;
@@ -118,6 +119,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(coordinate::router())
         .merge(members::router())
         .merge(operator::router())
+        .merge(query::router())
         .fallback(unknown_path)
         .layer(middleware::from_fn(consul_rules))
         .with_state(state)

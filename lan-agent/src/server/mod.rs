@@ -8,6 +8,7 @@
 
 pub mod consensus;
 mod coordinates;
+mod prepared;
 pub mod reconcile;
 mod sessions;
 mod tombstones;
@@ -524,6 +525,30 @@ impl Server {
         if req.options.consistency == Consistency::Consistent {
             self.inner.consensus.read_barrier().await?;
         }
+        let prepared = match &req.query {
+            Query::PreparedQueryExecute {
+                id_or_name,
+                limit,
+                agent,
+                source_ip,
+            } => Some(
+                self.execute_query(&req, id_or_name, *limit, agent, source_ip.as_deref())
+                    .await?,
+            ),
+            Query::PreparedQueryExplain { id_or_name, agent } => {
+                Some(self.explain_query(id_or_name, agent)?)
+            }
+            Query::PreparedQueryExecuteRemote { query, limit } => {
+                Some(self.execute_query_remote(query, *limit))
+            }
+            _ => None,
+        };
+        if let Some((index, result)) = prepared {
+            return Ok(ReadResponse {
+                meta: self.meta(index, &req),
+                result,
+            });
+        }
         let keys = Store::watch_keys(&req.query);
         let min_index = req.options.min_index;
         let deadline = tokio::time::Instant::now() + self.blocking_deadline(req.options.max_wait);
@@ -581,6 +606,7 @@ impl Server {
                 return Ok(WriteResult::Bool(true));
             }
             WriteOp::SessionCreate(s) => WriteOp::SessionCreate(self.prepare_session(s)?),
+            WriteOp::PreparedQuery { op, query } => self.prepare_query(op, query)?,
             other => other,
         };
         let created = match &op {
@@ -590,6 +616,8 @@ impl Server {
         // Consul prefixes what its state store refused with the step that refused it.
         let prefix = match &op {
             WriteOp::Kv(_) => "raft apply failed: ",
+            // Consul returns what its prepared-query apply refused as it is.
+            WriteOp::PreparedQuery { .. } => "",
             _ => "apply failed: ",
         };
         let result = self

@@ -12,6 +12,8 @@ mod catalog;
 pub use catalog::*;
 mod event;
 pub use event::*;
+mod query;
+pub use query::*;
 mod operator;
 pub use operator::*;
 

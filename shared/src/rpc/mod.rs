@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{
     CheckStatus, CoordinateEntry, DeregisterRequest, HealthCheck, KvTxnOp, Node, NodeServiceList,
-    NodeServices, RegisterRequest, ServiceEntry, ServiceNode, Session, TxnOp, TxnResponse,
+    NodeServices, PreparedQuery, QueryExecuteResponse, QuerySource, RegisterRequest, ServiceEntry,
+    ServiceNode, Session, TxnOp, TxnResponse,
 };
 
 /// Consul's read consistency modes.
@@ -166,6 +167,31 @@ pub enum Query {
     /// Every datacenter's servers and their WAN coordinates, nearest first
     /// (`/v1/coordinate/datacenters`).
     WanCoordinates,
+    /// Every prepared query (`GET /v1/query`).
+    PreparedQueries,
+    /// One prepared query by ID (`GET /v1/query/:id`).
+    PreparedQuery {
+        id: String,
+    },
+    /// Runs a prepared query (by ID or name) here, failing over to other datacenters
+    /// when nothing here matches. `near` is in the options; `source_ip` serves `_ip`.
+    PreparedQueryExecute {
+        id_or_name: String,
+        limit: usize,
+        agent: QuerySource,
+        source_ip: Option<String>,
+    },
+    /// The query a name resolves to, templates rendered (`/v1/query/:name/explain`).
+    PreparedQueryExplain {
+        id_or_name: String,
+        agent: QuerySource,
+    },
+    /// A whole query shipped from another datacenter's failover: run here, shuffled,
+    /// no further failover.
+    PreparedQueryExecuteRemote {
+        query: Box<PreparedQuery>,
+        limit: usize,
+    },
     /// The leader's RPC address (`/v1/status/leader`).
     Leader,
     /// The voters' RPC addresses (`/v1/status/peers`).
@@ -205,6 +231,9 @@ pub enum QueryResult {
     Snapshot(#[serde(with = "serde_bytes")] Vec<u8>),
     WanMembers(Vec<wire::WanMember>),
     DatacenterMaps(Vec<wire::DatacenterMap>),
+    PreparedQueries(Vec<PreparedQuery>),
+    PreparedQueryExecute(Box<QueryExecuteResponse>),
+    PreparedQueryExplain(Box<PreparedQuery>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,6 +276,11 @@ pub enum WriteOp {
         id: Option<String>,
         address: Option<String>,
     },
+    /// Create, update or delete a prepared query; the leader fills in a new query's ID.
+    PreparedQuery {
+        op: QueryOp,
+        query: Box<PreparedQuery>,
+    },
     /// Replace the whole state with a snapshot (`/v1/snapshot` PUT).
     SnapshotRestore {
         #[serde(with = "serde_bytes")]
@@ -261,11 +295,21 @@ pub struct WriteRequest {
     pub op: WriteOp,
 }
 
+/// What a prepared-query write does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueryOp {
+    Create,
+    Update,
+    Delete,
+}
+
 /// What a write returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteResult {
     Bool(bool),
     SessionId(String),
+    /// A prepared query's ID.
+    QueryId(String),
     Sessions(Vec<Session>),
     Txn(TxnResponse),
 }
