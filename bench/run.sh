@@ -132,8 +132,27 @@ bench_raft() {
     sleep 0.1
   done
   wait_http "http://127.0.0.21:2379/health" "$work/etcd1.log"
+  # Group commit at work: log fsyncs per acknowledged put, from each server's counter.
+  fsyncs() {
+    for i in 1 2 3; do
+      curl -s "127.0.0.1$i:8500/v1/agent/metrics?format=prometheus" |
+        awk '/^cairn_raft_log_fsyncs_total/ {n = $2} END {print n + 0}'
+    done | paste -sd' '
+  }
+  leader=$(curl -s 127.0.0.11:8500/v1/status/leader | tr -d '"')
   for c in 1 16 64; do
-    "$bench" --concurrency "$c" --seconds "$secs" kv "127.0.0.11:8500" | tee -a "$work/raft.out"
+    before=$(fsyncs)
+    "$bench" --concurrency "$c" --seconds "$secs" kv "127.0.0.11:8500" | tee -a "$work/raft.out" | tee "$work/last.out"
+    after=$(fsyncs)
+    python3 - "$before" "$after" "$work/last.out" "$leader" "$c" <<'PY'
+import re, sys
+before, after = (list(map(float, a.split())) for a in sys.argv[1:3])
+puts = next(int(m[1]) for m in (re.match(r"cairn kv put .*: (\d+) ok", l) for l in open(sys.argv[3])) if m)
+leader = sys.argv[4].split(":")[0]
+per = [f"{'leader' if f'127.0.0.1{i + 1}' == leader else 'follower'} {(a - b) / max(puts, 1):.3f}"
+       for i, (b, a) in enumerate(zip(before, after))]
+print(f"fsyncs per acknowledged put c={sys.argv[5]}: " + ", ".join(per) + "  (puts and gets; gets fsync nothing)")
+PY
     "$bench" --concurrency "$c" --seconds "$secs" kv "127.0.0.21:2379" --etcd | tee -a "$work/raft.out"
   done
   echo "== ratios Cairn/etcd (throughput: higher is better for Cairn; latency: lower is better)"

@@ -526,3 +526,46 @@ async fn autopilot_promotes_new_servers_and_removes_departed_ones() {
     assert_eq!(configuration(&c.servers[l]).await.0.len(), 2);
     let _ = std::fs::remove_file(&cfg);
 }
+
+/// A follower that fell behind by more than one RPC frame of entries (40 values of 450 KiB,
+/// 18 MiB against the 16 MiB frame limit) catches up: the leader splits the batch by bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_behind_by_more_than_a_frame_catches_up() {
+    let c = Cluster::start(3, 80, &[]).await.unwrap();
+    let leader = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let follower = &c.servers[(leader + 1) % 3];
+    let addr = c.servers[leader].addr();
+    assert_eq!(put(&addr, "big/warm", "x").await, Some(true));
+    follower.signal(libc::SIGSTOP);
+    let value = "v".repeat(450 * 1024);
+    for i in 0..40 {
+        assert_eq!(put(&addr, &format!("big/{i:02}"), &value).await, Some(true));
+    }
+    follower.signal(libc::SIGCONT);
+    let (m, _) = eventually(
+        Duration::from_secs(60),
+        "the follower to catch up",
+        || async {
+            list(&follower.addr(), "big/", "stale")
+                .await
+                .filter(|(m, _)| m.len() == 41)
+        },
+    )
+    .await
+    .unwrap();
+    assert!(m.values().filter(|v| v.len() == value.len()).count() == 40);
+    let metrics = http_client()
+        .get(c.servers[leader].url("/v1/agent/metrics?format=prometheus"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let splits: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("cairn_raft_append_splits_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(splits >= 1.0, "the leader never split a batch:\n{metrics}");
+}

@@ -48,6 +48,9 @@ pub enum CommandOp {
     Client(WriteOp),
     /// Forget KV tombstones at or below this index (their TTL has passed on the leader).
     ReapTombstones { index: u64 },
+    /// Writes proposed together (`raft/batch.rs`), applied in order at one index, each
+    /// with its own result.
+    Batch(Vec<Command>),
 }
 
 /// The tables whose last-modified index blocking queries compare against.
@@ -163,6 +166,20 @@ impl Store {
                 self.reap_tombstones(index, *upto);
                 Ok(WriteResult::Bool(true))
             }
+            // The Raft state machine applies batches with `apply_each`, for the results.
+            CommandOp::Batch(_) => {
+                self.apply_each(index, cmd);
+                Ok(WriteResult::Bool(true))
+            }
+        }
+    }
+
+    /// Applies a batch's commands in order at `index`, one result each; any other
+    /// command is a batch of one.
+    pub fn apply_each(&mut self, index: u64, cmd: &Command) -> Vec<Result<WriteResult, RpcError>> {
+        match &cmd.op {
+            CommandOp::Batch(cmds) => cmds.iter().map(|c| self.apply(index, c)).collect(),
+            _ => vec![self.apply(index, cmd)],
         }
     }
 

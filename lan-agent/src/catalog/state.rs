@@ -40,6 +40,26 @@ impl StateStore {
         result
     }
 
+    /// Applies a run of committed commands under one write lock, and wakes the blocking
+    /// queries they affect once, after the last: what Raft hands over in one batch.
+    pub fn apply_batch<T>(&self, f: impl FnOnce(&mut Applier<'_>) -> T) -> T {
+        let mut store = self.write();
+        let mut applier = Applier {
+            store: &mut store,
+            restored: false,
+        };
+        let out = f(&mut applier);
+        let restored = applier.restored;
+        let changes = store.take_changes();
+        drop(store);
+        if restored {
+            self.hub.notify_all();
+        } else {
+            self.hub.notify(&changes);
+        }
+        out
+    }
+
     /// Replaces the whole store (a snapshot was installed) and wakes every blocking query.
     pub fn replace(&self, store: Store) {
         *self.write() = store;
@@ -61,5 +81,19 @@ impl StateStore {
 
     pub fn last_index(&self) -> u64 {
         self.guard().last_index()
+    }
+}
+
+/// The store while [`StateStore::apply_batch`] holds it.
+pub struct Applier<'a> {
+    store: &'a mut Store,
+    restored: bool,
+}
+
+impl Applier<'_> {
+    /// One result per command: a batch's commands, or the command itself.
+    pub fn apply_each(&mut self, index: u64, cmd: &Command) -> Vec<Result<WriteResult, RpcError>> {
+        self.restored |= Store::is_restore(cmd);
+        self.store.apply_each(index, cmd)
     }
 }

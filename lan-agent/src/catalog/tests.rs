@@ -788,3 +788,43 @@ mod prepared_queries {
         assert_eq!(h.store.node_at_address("127.0.0.2").as_deref(), Some("n2"));
     }
 }
+
+/// A batch entry applies its commands in order at one index, each with its own result: a
+/// CAS that the earlier command of the same batch invalidated fails, the rest succeed.
+#[test]
+fn a_batch_applies_in_order_with_a_result_each() {
+    let mut h = Harness::new();
+    h.set("k", "old");
+    let seen = h.get("k").unwrap().modify_index;
+    let kv = |verb, value: &str, index| Command {
+        now_ms: 1_000_000,
+        op: CommandOp::Client(WriteOp::Kv(KvTxnOp {
+            verb,
+            key: "k".into(),
+            value: Some(value.as_bytes().to_vec()),
+            flags: 0,
+            index,
+            session: String::new(),
+        })),
+    };
+    let batch = Command {
+        now_ms: 1_000_000,
+        op: CommandOp::Batch(vec![
+            kv(KvVerb::Cas, "first", seen),
+            kv(KvVerb::Cas, "second", seen),
+            kv(KvVerb::Set, "third", 0),
+        ]),
+    };
+    let results = h.store.apply_each(h.index + 1, &batch);
+    assert_eq!(
+        results,
+        vec![
+            Ok(WriteResult::Bool(true)),
+            Ok(WriteResult::Bool(false)),
+            Ok(WriteResult::Bool(true)),
+        ]
+    );
+    let k = h.get("k").unwrap();
+    assert_eq!(k.value.as_deref(), Some(&b"third"[..]));
+    assert_eq!(k.modify_index, h.index + 1);
+}

@@ -1,7 +1,9 @@
 //! Durable Raft log store for openraft, backed by one redb file (`<dir>/raft.redb`).
 //!
 //! It holds the log entries, the vote, the committed and last-purged log ids, and small named
-//! metadata (e.g. the cluster id). Writes are fsynced before they are acknowledged.
+//! metadata (e.g. the cluster id). Writes are fsynced before they are acknowledged; they
+//! go through one writer thread that commits whatever queued up during the previous
+//! commit together (group commit, `group_commit.rs`).
 //!
 //! Layout: table `log` maps the entry index to `crc32 (4 bytes, LE) ++ rmp(entry)`, table `meta`
 //! maps a name to `crc32 ++ rmp(value)`. Raft's own meta keys use the reserved `raft.` prefix.
@@ -23,6 +25,8 @@ use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use super::group_commit::{self, Op, Pending, Writer};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -97,6 +101,9 @@ pub enum LogStoreError {
     Rejected { path: PathBuf, detail: String },
     #[error("raft log store {}: blocking task failed: {detail}", path.display())]
     Task { path: PathBuf, detail: String },
+    /// A group commit failed; the writer's message names the file.
+    #[error("{0}")]
+    Commit(String),
 }
 
 impl LogStoreError {
@@ -128,6 +135,7 @@ impl LogStoreError {
 /// runtime; the inherent methods are plain blocking calls.
 pub struct LogStore<C: RaftTypeConfig> {
     inner: Arc<Inner>,
+    writer: Arc<Writer>,
     // fn() -> C: the store holds no C, so it must not inherit C's auto traits.
     _config: PhantomData<fn() -> C>,
 }
@@ -136,6 +144,7 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
+            writer: Arc::clone(&self.writer),
             _config: PhantomData,
         }
     }
@@ -189,10 +198,23 @@ where
             db,
             path,
             committed: Default::default(),
+            pending: Arc::default(),
         };
         inner.verify::<C>()?;
+        let inner = Arc::new(inner);
+        let committer = Arc::clone(&inner);
+        let writer = Writer::start(
+            "raft-log-writer".into(),
+            Arc::clone(&inner.pending),
+            move |ops, durable| {
+                committer
+                    .write_batch(ops, durable)
+                    .map_err(|e| e.to_string())
+            },
+        );
         Ok(Self {
-            inner: Arc::new(inner),
+            inner,
+            writer: Arc::new(writer),
             _config: PhantomData,
         })
     }
@@ -270,6 +292,21 @@ where
         })
     }
 
+    /// Queues a write for the writer thread and waits for the commit that carries it.
+    async fn commit(&self, op: impl FnOnce(group_commit::Done) -> Op) -> Result<(), LogStoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer.submit(op(Box::new(move |outcome| {
+            let _ = tx.send(outcome);
+        })));
+        match rx.await {
+            Ok(outcome) => outcome.map_err(LogStoreError::Commit),
+            Err(_) => Err(LogStoreError::Commit(format!(
+                "raft log store {}: the log writer dropped a write",
+                self.inner.path.display()
+            ))),
+        }
+    }
+
     /// Runs blocking redb work off the async runtime's worker threads.
     async fn blocking<T, F>(&self, f: F) -> Result<T, LogStoreError>
     where
@@ -344,7 +381,17 @@ where
             })
             .await
             .map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
-        let last_log_id = last.or_else(|| last_purged_log_id.clone());
+        // Entries still queued for the file come after everything in it.
+        let queued = match self.inner.pending.last() {
+            Some((index, value)) => Some(
+                decode_entry::<C>(&self.inner.path, index, &value)
+                    .map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Read, &e))?
+                    .get_log_id()
+                    .clone(),
+            ),
+            None => None,
+        };
+        let last_log_id = queued.or(last).or_else(|| last_purged_log_id.clone());
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -358,9 +405,14 @@ where
     async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
         let err = |e: LogStoreError| storage_err(ErrorSubject::Vote, ErrorVerb::Write, &e);
         let value = seal(&self.inner.path, "vote", vote).map_err(err)?;
-        self.blocking(move |inner| inner.write_meta(KEY_VOTE, Some(value)))
-            .await
-            .map_err(err)
+        self.commit(|done| Op::Meta {
+            key: KEY_VOTE,
+            value: Some(value),
+            durable: true,
+            done: Some(done),
+        })
+        .await
+        .map_err(err)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, StorageError<C::NodeId>> {
@@ -380,10 +432,15 @@ where
             .map(|c| seal(&self.inner.path, "committed log id", &c))
             .transpose()
             .map_err(err)?;
-        // None clears the key.
-        self.blocking(move |inner| inner.write_meta(KEY_COMMITTED, value))
-            .await
-            .map_err(err)?;
+        // None clears the key. Not waited for and not fsynced on its own: openraft treats
+        // the committed pointer as a hint (a lower one after a crash only means re-applying
+        // entries), so it rides along with the next durable commit.
+        self.writer.submit(Op::Meta {
+            key: KEY_COMMITTED,
+            value,
+            durable: false,
+            done: None,
+        });
         self.note_committed(index);
         Ok(())
     }
@@ -391,6 +448,10 @@ where
     async fn read_committed(
         &mut self,
     ) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
+        // The pointer is written without waiting (`save_committed`): see it first.
+        self.commit(|done| Op::Barrier { done })
+            .await
+            .map_err(|e| storage_err(ErrorSubject::Store, ErrorVerb::Read, &e))?;
         let committed: Option<LogId<C::NodeId>> = self
             .blocking(|inner| inner.read_meta(KEY_COMMITTED))
             .await
@@ -408,46 +469,40 @@ where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut rows = Vec::new();
-        let mut res = Ok(());
+        let mut rows: Vec<(u64, Arc<[u8]>)> = Vec::new();
         for entry in entries {
             let id = entry.get_log_id().clone();
             match seal(&self.inner.path, "log entry", &entry) {
-                Ok(value) => rows.push((id.index, value)),
+                Ok(value) => rows.push((id.index, value.into())),
                 Err(e) => {
-                    res = Err(storage_err(ErrorSubject::Log(id), ErrorVerb::Write, &e));
-                    break;
+                    callback.log_io_completed(Err(io::Error::other(e.to_string())));
+                    return Err(storage_err(ErrorSubject::Log(id), ErrorVerb::Write, &e));
                 }
             }
         }
-        if res.is_ok() && !rows.is_empty() {
-            res = self
-                .blocking(move |inner| inner.write_entries(&rows))
-                .await
-                .map_err(|e| storage_err(ErrorSubject::Logs, ErrorVerb::Write, &e));
+        if rows.is_empty() {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
         }
-        // Only now has the commit (with fsync) returned: reporting success earlier would let
-        // openraft acknowledge entries that a kill -9 could still lose.
-        match &res {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(e) => callback.log_io_completed(Err(io::Error::other(e.to_string()))),
-        }
-        res
+        metrics::counter!(group_commit::METRIC_ENTRIES).increment(rows.len() as u64);
+        self.inner.pending.insert(&rows);
+        // The callback runs only once the commit carrying these rows has been fsynced:
+        // reporting earlier would let openraft acknowledge entries a kill -9 could lose.
+        self.writer.submit(Op::Append {
+            rows,
+            done: Box::new(move |outcome| {
+                callback.log_io_completed(outcome.map_err(io::Error::other))
+            }),
+        });
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
         let since = log_id.index;
-        self.blocking(move |inner| {
-            inner.write(|txn| {
-                let mut log = txn
-                    .open_table(LOG)
-                    .map_err(inner.db_err("open log table"))?;
-                log.retain_in(since.., |_, _| false)
-                    .map_err(inner.db_err("delete log entries"))
-            })
-        })
-        .await
-        .map_err(|e| storage_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, &e))
+        // Queued behind any append still in flight, so the order of the log is kept.
+        self.commit(|done| Op::Truncate { since, done })
+            .await
+            .map_err(|e| storage_err(ErrorSubject::Log(log_id), ErrorVerb::Delete, &e))
     }
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
@@ -456,24 +511,9 @@ where
         };
         let upto = log_id.index;
         let value = seal(&self.inner.path, "last purged log id", &log_id).map_err(err)?;
-        self.blocking(move |inner| {
-            // One transaction: the pointer and the deletion are never seen apart.
-            inner.write(|txn| {
-                let mut log = txn
-                    .open_table(LOG)
-                    .map_err(inner.db_err("open log table"))?;
-                log.retain_in(..=upto, |_, _| false)
-                    .map_err(inner.db_err("delete log entries"))?;
-                let mut meta = txn
-                    .open_table(META)
-                    .map_err(inner.db_err("open meta table"))?;
-                meta.insert(KEY_PURGED, value.as_slice())
-                    .map_err(inner.db_err("write last purged log id"))?;
-                Ok(())
-            })
-        })
-        .await
-        .map_err(err)
+        self.commit(|done| Op::Purge { upto, value, done })
+            .await
+            .map_err(err)
     }
 }
 
@@ -483,6 +523,8 @@ struct Inner {
     path: PathBuf,
     /// The last committed index saved or read (for `/v1/agent/self`), 0 before any.
     committed: std::sync::atomic::AtomicU64,
+    /// Entries queued for the writer thread and not yet committed.
+    pending: Arc<Pending>,
 }
 
 impl Inner {
@@ -531,15 +573,54 @@ impl Inner {
         Ok(out)
     }
 
-    fn write_entries(&self, rows: &[(u64, Vec<u8>)]) -> Result<(), LogStoreError> {
-        self.write(|txn| {
+    /// One group commit: `ops` in order in one transaction, fsynced when `durable`.
+    fn write_batch(&self, ops: &[Op], durable: bool) -> Result<(), LogStoreError> {
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(self.db_err("begin write transaction"))?;
+        if durable {
+            txn.set_durability(Durability::Immediate)
+                .map_err(self.db_err("set durability"))?;
+            // As in `write`: a torn latest commit is an error, never a silent rollback.
+            txn.set_two_phase_commit(true);
+        } else {
+            txn.set_durability(Durability::None)
+                .map_err(self.db_err("set durability"))?;
+        }
+        {
             let mut log = txn.open_table(LOG).map_err(self.db_err("open log table"))?;
-            for (index, value) in rows {
-                log.insert(*index, value.as_slice())
-                    .map_err(self.db_err("insert log entry"))?;
+            let mut meta = txn
+                .open_table(META)
+                .map_err(self.db_err("open meta table"))?;
+            for op in ops {
+                match op {
+                    Op::Append { rows, .. } => {
+                        for (index, value) in rows {
+                            log.insert(*index, &**value)
+                                .map_err(self.db_err("insert log entry"))?;
+                        }
+                    }
+                    Op::Meta { key, value, .. } => match value {
+                        Some(v) => meta.insert(*key, v.as_slice()).map(drop),
+                        None => meta.remove(*key).map(drop),
+                    }
+                    .map_err(self.db_err("write meta value"))?,
+                    Op::Barrier { .. } => {}
+                    Op::Truncate { since, .. } => log
+                        .retain_in(*since.., |_, _| false)
+                        .map_err(self.db_err("delete log entries"))?,
+                    // One transaction: the pointer and the deletion are never seen apart.
+                    Op::Purge { upto, value, .. } => {
+                        log.retain_in(..=*upto, |_, _| false)
+                            .map_err(self.db_err("delete log entries"))?;
+                        meta.insert(KEY_PURGED, value.as_slice())
+                            .map_err(self.db_err("write last purged log id"))?;
+                    }
+                }
             }
-            Ok(())
-        })
+        }
+        txn.commit().map_err(self.db_err("commit"))
     }
 
     fn read_entries<C: RaftTypeConfig>(
@@ -553,6 +634,32 @@ impl Inner {
         if end.is_some_and(|e| e <= start) {
             return Ok(Vec::new());
         }
+        // Queued entries first, the file second: a row leaves `pending` only after its
+        // commit, so it is in one or the other (or both) whenever it is looked for.
+        let queued = self.pending.range(start, end);
+        let file_end = match (end, queued.first()) {
+            (Some(e), Some(q)) => Some(e.min(q.0)),
+            (e, q) => e.or(q.map(|q| q.0)),
+        };
+        let mut out = if file_end.is_some_and(|e| e <= start) {
+            Vec::new()
+        } else {
+            self.read_file_entries::<C>(start, file_end)?
+        };
+        for (index, value) in &queued {
+            out.push(decode_entry::<C>(&self.path, *index, value)?);
+        }
+        Ok(out)
+    }
+
+    fn read_file_entries<C: RaftTypeConfig>(
+        &self,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<Vec<C::Entry>, LogStoreError>
+    where
+        C::Entry: DeserializeOwned,
+    {
         self.read(|txn| {
             let log = txn.open_table(LOG).map_err(self.db_err("open log table"))?;
             let range = match end {
@@ -704,6 +811,7 @@ fn init_file(dir: &Path, path: &Path) -> Result<(), LogStoreError> {
         db,
         path: path.to_path_buf(),
         committed: Default::default(),
+        pending: Arc::default(),
     };
     inner.write(|txn| {
         txn.open_table(LOG)

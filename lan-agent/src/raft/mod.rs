@@ -8,6 +8,8 @@
 //! datacenter and cluster). The reasoning is in `docs/raft.md`.
 
 pub mod autopilot;
+mod batch;
+mod group_commit;
 pub mod log_store;
 pub mod network;
 pub mod recover;
@@ -65,11 +67,18 @@ impl std::fmt::Display for RaftNode {
 openraft::declare_raft_types!(
     pub TypeConfig:
         D = Command,
-        R = Applied,
+        R = EntryApplied,
         NodeId = NodeId,
         Node = RaftNode,
         SnapshotData = Cursor<Vec<u8>>,
 );
+
+/// What applying one log entry answers: one result, or one per command of a batch.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum EntryApplied {
+    One(Applied),
+    Many(Vec<Applied>),
+}
 
 /// The Raft ID of a node: the first 64 bits of its node UUID, so every agent derives the
 /// same number from the `id` gossip tag.
@@ -131,6 +140,9 @@ pub struct RaftSettings {
     /// How long a new server must stay healthy before it becomes a voter.
     pub stabilization: Duration,
 }
+
+/// Entries per AppendEntries: a burst of proposals replicates in a few messages.
+const MAX_PAYLOAD_ENTRIES: u64 = 512;
 
 /// Consul's Raft timing at `raft_multiplier = 1` (heartbeat and election timeouts).
 const BASE_HEARTBEAT_MS: u64 = 100;
@@ -195,6 +207,8 @@ pub async fn start(
         snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_threshold.max(1)),
         max_in_snapshot_log_to_keep: TRAILING_LOGS,
         purge_batch_size: 256,
+        // Entries per AppendEntries; `network.rs` also bounds its bytes.
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
         ..Default::default()
     };
     let config = Arc::new(
@@ -222,12 +236,14 @@ pub async fn start(
         .await
         .map_err(|e| RaftStartError::Raft(e.to_string()))?;
     let (leader_tx, leader_rx) = watch::channel(false);
+    let batcher = batch::Batcher::start(raft.clone());
     let consensus = Arc::new(RaftConsensus {
         raft,
         node,
         shared,
         settings,
         leader_rx,
+        batcher,
     });
     tasks.spawn(
         consensus
@@ -295,6 +311,7 @@ pub struct RaftConsensus {
     pub shared: Arc<Shared>,
     pub settings: RaftSettings,
     leader_rx: watch::Receiver<bool>,
+    batcher: batch::Batcher,
 }
 
 impl std::fmt::Debug for RaftConsensus {
@@ -520,7 +537,7 @@ impl Consensus for RaftConsensus {
             }
         };
         tokio::select! {
-            r = self.raft.client_write(cmd) => r.map(|resp| resp.data).map_err(leader_err),
+            r = self.batcher.propose(cmd) => r,
             _ = lost => Err(RpcError::internal("leadership lost while committing log")),
             _ = tokio::time::sleep(COMMIT_TIMEOUT) => Err(RpcError::internal(
                 "timed out enqueuing operation",

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -58,6 +59,25 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
 type NetErr<E = openraft::error::Infallible> = RPCError<NodeId, RaftNode, RaftError<NodeId, E>>;
 
+/// The byte bound of one AppendEntries: a bigger batch is split (openraft retries with
+/// fewer entries), so a run of large KV values cannot make a frame over the RPC limit or
+/// hold a follower's connection for long.
+const MAX_APPEND_BYTES: usize = 4 << 20;
+
+/// Counts AppendEntries sent back to openraft to be split.
+const METRIC_APPEND_SPLITS: &str = "cairn_raft_append_splits_total";
+
+/// A message in its envelope, encoded.
+fn envelope(shared: &Shared, msg: RaftMsg) -> Result<Vec<u8>, String> {
+    let env = RaftEnvelope {
+        datacenter: shared.datacenter.clone(),
+        cluster_id: shared.cluster_id(),
+        from: shared.id,
+        msg,
+    };
+    encode(&env).map_err(|e| e.message)
+}
+
 /// Sends one message to another server.
 pub async fn send(
     client: &RpcClient,
@@ -66,13 +86,16 @@ pub async fn send(
     msg: RaftMsg,
     timeout: Duration,
 ) -> Result<RaftReply, CallError> {
-    let env = RaftEnvelope {
-        datacenter: shared.datacenter.clone(),
-        cluster_id: shared.cluster_id(),
-        from: shared.id,
-        msg,
-    };
-    let frame = encode(&env).map_err(|e| CallError::NotSent(e.message))?;
+    let frame = envelope(shared, msg).map_err(CallError::NotSent)?;
+    send_frame(client, addr, frame, timeout).await
+}
+
+async fn send_frame(
+    client: &RpcClient,
+    addr: SocketAddr,
+    frame: Vec<u8>,
+    timeout: Duration,
+) -> Result<RaftReply, CallError> {
     match client.call(addr, Body::Raft(frame), timeout).await? {
         Reply::Raft(r) => decode(&r).map_err(|e| CallError::Transport(e.message)),
         _ => Err(CallError::Transport(
@@ -87,26 +110,30 @@ impl Peer {
         msg: RaftMsg,
         option: &RPCOption,
     ) -> Result<RaftReply, NetErr<E>> {
+        let frame = envelope(&self.net.shared, msg)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&Msg(e))))?;
+        self.call_frame(frame, option).await
+    }
+
+    async fn call_frame<E: std::error::Error>(
+        &self,
+        frame: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<RaftReply, NetErr<E>> {
         let addr = match &self.addr {
             Ok(a) => *a,
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Msg(e.clone())))),
         };
-        send(
-            &self.net.client,
-            &self.net.shared,
-            addr,
-            msg,
-            option.hard_ttl(),
-        )
-        .await
-        .map_err(|e| match e {
-            CallError::NotSent(m) => RPCError::Unreachable(Unreachable::new(&Msg(m))),
-            CallError::Transport(m) => RPCError::Network(NetworkError::new(&Msg(m))),
-            CallError::Remote(r) => RPCError::Network(NetworkError::new(&Msg(format!(
-                "server {} refused: {}",
-                self.target, r.message
-            )))),
-        })
+        send_frame(&self.net.client, addr, frame, option.hard_ttl())
+            .await
+            .map_err(|e| match e {
+                CallError::NotSent(m) => RPCError::Unreachable(Unreachable::new(&Msg(m))),
+                CallError::Transport(m) => RPCError::Network(NetworkError::new(&Msg(m))),
+                CallError::Remote(r) => RPCError::Network(NetworkError::new(&Msg(format!(
+                    "server {} refused: {}",
+                    self.target, r.message
+                )))),
+            })
     }
 }
 
@@ -132,7 +159,15 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, NetErr> {
-        match self.call(RaftMsg::Append(rpc), &option).await? {
+        let entries = rpc.entries.len();
+        let frame = envelope(&self.net.shared, RaftMsg::Append(rpc))
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&Msg(e))))?;
+        if frame.len() > MAX_APPEND_BYTES && entries > 1 {
+            metrics::counter!(METRIC_APPEND_SPLITS).increment(1);
+            let hint = (entries * MAX_APPEND_BYTES / frame.len()).max(1);
+            return Err(PayloadTooLarge::new_entries_hint(hint as u64).into());
+        }
+        match self.call_frame(frame, &option).await? {
             RaftReply::Append(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }

@@ -16,7 +16,10 @@ use openraft::{
 use super::snapshot::{SnapshotDir, SnapshotFile};
 use super::{NodeId, RaftNode, TypeConfig};
 use crate::catalog::StateStore;
-use crate::server::Applied;
+use cairn_shared::rpc::{RpcError, WriteResult};
+
+use super::EntryApplied;
+use crate::catalog::CommandOp;
 
 type Membership = StoredMembership<NodeId, RaftNode>;
 
@@ -107,23 +110,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.last_applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<EntryApplied>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let mut out = Vec::new();
-        for entry in entries {
-            self.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Normal(cmd) => out.push(self.state.apply(entry.log_id.index, &cmd)),
-                EntryPayload::Membership(m) => {
-                    self.membership = StoredMembership::new(Some(entry.log_id), m);
-                    out.push(Ok(cairn_shared::rpc::WriteResult::Bool(true)));
+        // One lock and one round of wake-ups for the whole batch.
+        let state = Arc::clone(&self.state);
+        let out = state.apply_batch(|store| {
+            let mut out = Vec::new();
+            for entry in entries {
+                self.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Normal(cmd) => {
+                        let mut results = store.apply_each(entry.log_id.index, &cmd);
+                        out.push(match cmd.op {
+                            CommandOp::Batch(_) => EntryApplied::Many(results),
+                            _ => EntryApplied::One(results.pop().unwrap_or_else(|| {
+                                Err(RpcError::internal("invariant: a command without a result"))
+                            })),
+                        });
+                    }
+                    EntryPayload::Membership(m) => {
+                        self.membership = StoredMembership::new(Some(entry.log_id), m);
+                        out.push(EntryApplied::One(Ok(WriteResult::Bool(true))));
+                    }
+                    EntryPayload::Blank => out.push(EntryApplied::One(Ok(WriteResult::Bool(true)))),
                 }
-                EntryPayload::Blank => out.push(Ok(cairn_shared::rpc::WriteResult::Bool(true))),
             }
-        }
+            out
+        });
         Ok(out)
     }
 
