@@ -187,7 +187,6 @@ impl Drop for Writer {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
 
     use super::*;
 
@@ -202,10 +201,12 @@ mod tests {
         let pending = Arc::new(Pending::default());
         let commits = Arc::new(Mutex::new(Vec::<Vec<u64>>::new()));
         let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        let (started_tx, started_rx) = mpsc::channel::<()>();
         let seen = Arc::clone(&commits);
         let writer = Writer::start("test-writer".into(), Arc::clone(&pending), move |ops, _| {
             // Hold the first commit until the test has queued more behind it.
             if seen.lock().unwrap().is_empty() {
+                started_tx.send(()).unwrap();
                 gate_rx.recv().unwrap();
             }
             let indexes = ops
@@ -232,7 +233,7 @@ mod tests {
             });
         };
         append(1);
-        std::thread::sleep(Duration::from_millis(50));
+        started_rx.recv().unwrap();
         for i in 2..=10 {
             append(i);
         }
