@@ -254,9 +254,14 @@ impl Store {
         }
     }
 
-    /// Whether a command replaces the whole store (so every watcher must wake).
+    /// Whether a command replaces the whole store (so every watcher must wake), or is a
+    /// batch holding one that does.
     pub fn is_restore(cmd: &Command) -> bool {
-        matches!(cmd.op, CommandOp::Client(WriteOp::SnapshotRestore { .. }))
+        match &cmd.op {
+            CommandOp::Client(WriteOp::SnapshotRestore { .. }) => true,
+            CommandOp::Batch(cmds) => cmds.iter().any(Self::is_restore),
+            _ => false,
+        }
     }
 
     /// Drains the changes made since the last call.

@@ -827,4 +827,14 @@ fn a_batch_applies_in_order_with_a_result_each() {
     let k = h.get("k").unwrap();
     assert_eq!(k.value.as_deref(), Some(&b"third"[..]));
     assert_eq!(k.modify_index, h.index + 1);
+    // A restore inside a batch wakes every watcher, as one outside does.
+    assert!(!Store::is_restore(&batch));
+    let restore = Command {
+        now_ms: 0,
+        op: CommandOp::Client(WriteOp::SnapshotRestore { data: Vec::new() }),
+    };
+    assert!(Store::is_restore(&Command {
+        now_ms: 0,
+        op: CommandOp::Batch(vec![restore]),
+    }));
 }
