@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
@@ -106,19 +106,31 @@ impl RpcClient {
         let (mut sink, mut frames) = Framed::new(stream, codec()).split();
         let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(256);
         let pending: Pending = Arc::default();
+        // When the last user of a discarded connection is gone, the writer closes it and
+        // tells the reader, so a silent peer does not keep a socket and a task forever.
+        let (writer_done, mut stop_reading) = oneshot::channel::<()>();
         tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
                 if super::wire::write_batch(&mut sink, &mut rx, frame)
                     .await
                     .is_err()
                 {
-                    return;
+                    break;
                 }
             }
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT, sink.close()).await;
+            let _ = writer_done.send(());
         });
         let reader_pending = pending.clone();
         tokio::spawn(async move {
-            while let Some(Ok(frame)) = frames.next().await {
+            loop {
+                let frame = tokio::select! {
+                    f = frames.next() => match f {
+                        Some(Ok(frame)) => frame,
+                        _ => break,
+                    },
+                    _ = &mut stop_reading => break,
+                };
                 let Ok(resp) = decode::<Response>(&frame) else {
                     break;
                 };
@@ -172,6 +184,13 @@ impl RpcClient {
             }
             Err(_) => {
                 lock(&conn.pending).waiting.remove(&id);
+                // The connection may be dead without having said so (a peer that stopped,
+                // a path that drops packets): the next call gets a fresh one. Calls still
+                // waiting on this one keep it until they finish.
+                let mut conns = lock(&self.conns);
+                if conns.get(&addr).is_some_and(|c| Arc::ptr_eq(c, &conn)) {
+                    conns.remove(&addr);
+                }
                 Err(CallError::Transport(format!(
                     "{addr}: no answer in {timeout:?}"
                 )))

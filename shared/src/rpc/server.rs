@@ -205,6 +205,49 @@ mod tests {
         assert!(matches!(back.result, Ok(Reply::Raft(b)) if b == [1, 2]));
     }
 
+    /// A call that timed out on a connection whose peer went silent does not make the next
+    /// call wait on the same connection.
+    #[tokio::test]
+    async fn a_timed_out_call_does_not_poison_the_next() {
+        struct Answer;
+        #[async_trait]
+        impl Handler for Answer {
+            async fn handle(&self, _: IpAddr, _: Body) -> Result<Reply, RpcError> {
+                Ok(Reply::Raft(vec![42]))
+            }
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            // The first connection is accepted and never read: a peer that went silent.
+            let (_silent, _) = listener.accept().await.unwrap();
+            let (stream, peer) = listener.accept().await.unwrap();
+            let _ = connection(
+                stream,
+                peer.ip(),
+                Arc::new(Answer),
+                TaskTracker::new(),
+                CancellationToken::new(),
+            )
+            .await;
+        });
+        let client = crate::rpc::client::RpcClient::default();
+        let first = client
+            .call(addr, Body::Raft(vec![1]), Duration::from_millis(300))
+            .await;
+        assert!(
+            matches!(first, Err(crate::rpc::client::CallError::Transport(_))),
+            "{first:?}"
+        );
+        let second = client
+            .call(addr, Body::Raft(vec![2]), Duration::from_secs(5))
+            .await;
+        assert!(
+            matches!(&second, Ok(Reply::Raft(b)) if b == &[42]),
+            "{second:?}"
+        );
+    }
+
     #[test]
     fn connections_per_client_are_capped_and_given_back() {
         let table = Arc::new(PerClient::default());
