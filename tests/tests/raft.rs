@@ -569,3 +569,53 @@ async fn a_follower_behind_by_more_than_a_frame_catches_up() {
         .unwrap_or(0.0);
     assert!(splits >= 1.0, "the leader never split a batch:\n{metrics}");
 }
+
+/// A well-formed Raft message sent to a server's RPC port from an address that is no
+/// server of its datacenter is refused, counted, and changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_raft_message_from_a_non_server_address_is_refused() {
+    use cairn_shared::rpc::client::{CallError, RpcClient};
+    use cairn_shared::rpc::wire::{Body, Reply};
+
+    let s = single_server(57, "guarded", &[]).await;
+    let before = s.get_json("/v1/operator/raft/configuration").await;
+    // The envelope as a server encodes it: named MessagePack, a status probe.
+    #[derive(serde::Serialize)]
+    struct Envelope {
+        datacenter: &'static str,
+        cluster_id: Option<String>,
+        from: u64,
+        msg: &'static str,
+    }
+    let forged = rmp_serde::to_vec_named(&Envelope {
+        datacenter: "dc1",
+        cluster_id: None,
+        from: 7,
+        msg: "Status",
+    })
+    .unwrap();
+    let client = RpcClient::from_ip(std::net::Ipv4Addr::new(127, 0, 0, 99).into());
+    let answer = client
+        .call(
+            s.rpc.unwrap(),
+            Body::Raft(forged.clone()),
+            Duration::from_secs(5),
+        )
+        .await;
+    match answer {
+        Err(CallError::Remote(e)) => {
+            assert_eq!(e.message, "Raft messages are accepted only from servers")
+        }
+        other => panic!("a forged Raft message got {other:?}"),
+    }
+    // The same bytes from the server's own address are understood: the refusal was about
+    // the sender, not the encoding.
+    let own = RpcClient::from_ip(std::net::Ipv4Addr::new(127, 0, 0, 57).into());
+    let answer = own
+        .call(s.rpc.unwrap(), Body::Raft(forged), Duration::from_secs(5))
+        .await;
+    assert!(matches!(answer, Ok(Reply::Raft(_))), "{answer:?}");
+    assert_eq!(s.get_json("/v1/operator/raft/configuration").await, before);
+    let metrics = s.get_json("/v1/agent/metrics").await.to_string();
+    assert!(metrics.contains("cairn_rpc_bad_frames_total"), "{metrics}");
+}
