@@ -205,6 +205,24 @@ mod tests {
         assert!(matches!(back.result, Ok(Reply::Raft(b)) if b == [1, 2]));
     }
 
+    /// Serves one connection with `handler`; with `silent_first`, the connection accepted
+    /// before it is held open and never read, as a peer that went silent would.
+    async fn serve_one(handler: Arc<dyn Handler>, silent_first: bool) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _silent = if silent_first {
+                Some(listener.accept().await.unwrap())
+            } else {
+                None
+            };
+            let (stream, peer) = listener.accept().await.unwrap();
+            let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+            let _ = connection(stream, peer.ip(), handler, tasks, stop).await;
+        });
+        addr
+    }
+
     /// A call that timed out on a connection whose peer went silent does not make the next
     /// call wait on the same connection.
     #[tokio::test]
@@ -216,21 +234,7 @@ mod tests {
                 Ok(Reply::Raft(vec![42]))
             }
         }
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            // The first connection is accepted and never read: a peer that went silent.
-            let (_silent, _) = listener.accept().await.unwrap();
-            let (stream, peer) = listener.accept().await.unwrap();
-            let _ = connection(
-                stream,
-                peer.ip(),
-                Arc::new(Answer),
-                TaskTracker::new(),
-                CancellationToken::new(),
-            )
-            .await;
-        });
+        let addr = serve_one(Arc::new(Answer), true).await;
         let client = crate::rpc::client::RpcClient::default();
         let first = client
             .call(addr, Body::Raft(vec![1]), Duration::from_millis(300))
@@ -245,6 +249,40 @@ mod tests {
         assert!(
             matches!(&second, Ok(Reply::Raft(b)) if b == &[42]),
             "{second:?}"
+        );
+    }
+
+    /// An answer over the frame limit reaches the caller as an error, and the connection
+    /// (the only one the listener ever accepts) answers the next call.
+    #[tokio::test]
+    async fn an_oversized_answer_leaves_the_connection_usable() {
+        struct Sized;
+        #[async_trait]
+        impl Handler for Sized {
+            async fn handle(&self, _: IpAddr, body: Body) -> Result<Reply, RpcError> {
+                match body {
+                    Body::Raft(b) if b == [1] => Ok(Reply::Raft(vec![0; MAX_FRAME + 1])),
+                    _ => Ok(Reply::Raft(vec![42])),
+                }
+            }
+        }
+        let addr = serve_one(Arc::new(Sized), false).await;
+        let client = crate::rpc::client::RpcClient::default();
+        let big = client
+            .call(addr, Body::Raft(vec![1]), Duration::from_secs(10))
+            .await;
+        match &big {
+            Err(crate::rpc::client::CallError::Remote(e)) => {
+                assert!(e.message.contains("frame limit"), "{}", e.message)
+            }
+            other => panic!("an oversized answer came back as {other:?}"),
+        }
+        let next = client
+            .call(addr, Body::Raft(vec![2]), Duration::from_secs(5))
+            .await;
+        assert!(
+            matches!(&next, Ok(Reply::Raft(b)) if b == &[42]),
+            "{next:?}"
         );
     }
 
