@@ -167,6 +167,72 @@ async fn three_servers_form_one_cluster_replicate_and_snapshot() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A state larger than one RPC frame (16 MiB) is saved through a follower and a client
+/// agent, and restored through a client agent onto all three servers: both ways it
+/// moves in bounded parts, and the restore replicates as a run of log entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_20_mib_snapshot_saves_through_a_follower_and_restores() {
+    let c = Cluster::start(3, 90, &[]).await.unwrap();
+    let client = AgentOpts::default()
+        .client()
+        .ip(std::net::Ipv4Addr::new(127, 0, 0, 94))
+        .node("c94")
+        .arg(format!("-retry-join={}", c.servers[0].serf))
+        .start()
+        .await
+        .unwrap();
+    let leader = c.wait_leader(Duration::from_secs(5)).await.unwrap();
+    let follower = &c.servers[(leader + 1) % 3];
+    // 42 values of 500 KiB, each different: 21 MiB of state.
+    let value = |i: usize| format!("{i:03}-").repeat(500 * 1024 / 4);
+    for i in 0..42 {
+        let key = format!("big/k{i:02}");
+        assert_eq!(
+            put(&follower.addr(), &key, &value(i)).await,
+            Some(true),
+            "{key}"
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("cairn-bigsnap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("big.snap");
+    let out = follower.run_cli(&["snapshot", "save", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let size = std::fs::metadata(&file).unwrap().len();
+    assert!(size > 20 * 1024 * 1024, "{size} bytes");
+    let via_client = dir.join("client.snap");
+    let out = client.run_cli(&["snapshot", "save", via_client.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(std::fs::metadata(&via_client).unwrap().len() > 20 * 1024 * 1024);
+
+    // Forget the tree, then bring it back from the follower's file.
+    let r = http_client()
+        .delete(client.url("/v1/kv/big?recurse"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    assert!(
+        list(&client.addr(), "big/", "consistent").await.is_none(),
+        "deleted"
+    );
+    let out = client.run_cli(&["snapshot", "restore", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    for s in &c.servers {
+        let (m, _) = eventually(Duration::from_secs(20), "the restored tree", || async {
+            list(&s.addr(), "big/", "stale")
+                .await
+                .filter(|(m, _)| m.len() == 42)
+        })
+        .await
+        .unwrap();
+        for i in [0, 17, 41] {
+            assert!(m[&format!("big/k{i:02}")] == value(i), "k{i} on {}", s.node);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The crash test: writers on all three servers while the leader, then another
 /// server, is killed with -9 and restarted, five rounds. Every acknowledged write must be
 /// on every server afterwards, and all servers must agree on the index.

@@ -51,6 +51,23 @@ pub enum CommandOp {
     /// Writes proposed together (`raft/batch.rs`), applied in order at one index, each
     /// with its own result.
     Batch(Vec<Command>),
+    /// The next piece of a snapshot file being restored, staged until its commit
+    /// (`docs/raft.md`, "Snapshots"). A piece of another restore drops the one staged.
+    RestorePart {
+        restore: String,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Replaces the whole state with the staged file `restore`, which must be `len` bytes.
+    RestoreCommit { restore: String, len: u64 },
+}
+
+/// A snapshot file whose pieces are arriving through the log.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StagedRestore {
+    restore: String,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
 }
 
 /// The tables whose last-modified index blocking queries compare against.
@@ -136,6 +153,10 @@ pub struct Store {
     /// Prepared queries by ID (absent from snapshots written before they existed).
     #[serde(default)]
     prepared_queries: BTreeMap<String, PreparedQuery>,
+    /// A restore in progress; in Raft snapshots too, so a server that installs one
+    /// mid-restore stages the same bytes as the others.
+    #[serde(default)]
+    restoring: Option<StagedRestore>,
     #[serde(skip)]
     journal: Option<Vec<Undo>>,
     #[serde(skip)]
@@ -171,7 +192,40 @@ impl Store {
                 self.apply_each(index, cmd);
                 Ok(WriteResult::Bool(true))
             }
+            CommandOp::RestorePart { restore, data } => {
+                let staged = match self.restoring.take() {
+                    Some(s) if s.restore == *restore => s,
+                    _ => StagedRestore {
+                        restore: restore.clone(),
+                        data: Vec::new(),
+                    },
+                };
+                let staged = self.restoring.insert(staged);
+                staged.data.extend_from_slice(data);
+                Ok(WriteResult::Bool(true))
+            }
+            CommandOp::RestoreCommit { restore, len } => {
+                let staged = match self.restoring.take() {
+                    Some(s) if s.restore == *restore && s.data.len() as u64 == *len => s,
+                    other => {
+                        self.restoring = other;
+                        return Err(RpcError::internal(
+                            "Snapshot restore failed: the restore was interrupted; try again",
+                        ));
+                    }
+                };
+                let snap = crate::raft::snapshot::SnapshotFile::decode(&staged.data)
+                    .map_err(|e| RpcError::bad_request(format!("Snapshot restore failed: {e}")))?;
+                self.restore(index, snap.store);
+                Ok(WriteResult::Bool(true))
+            }
         }
+    }
+
+    /// The store as a user's snapshot holds it: without a restore in progress.
+    pub fn without_staging(mut self) -> Self {
+        self.restoring = None;
+        self
     }
 
     /// Applies a batch's commands in order at `index`, one result each; any other
@@ -219,19 +273,16 @@ impl Store {
             WriteOp::PreparedQuery { op, query } => {
                 self.atomically(|s| s.query_apply(idx, *op, query))
             }
-            WriteOp::SnapshotRestore { data } => {
-                let snap = crate::raft::snapshot::SnapshotFile::decode(data)
-                    .map_err(|e| RpcError::bad_request(format!("Snapshot restore failed: {e}")))?;
-                self.restore(idx, snap.store);
-                Ok(WriteResult::Bool(true))
-            }
+            WriteOp::SnapshotUpload { .. } => Err(RpcError::internal(
+                "invariant: snapshot uploads are gathered by the leader, not logged",
+            )),
         }
     }
 
     /// Replaces everything with a restored store. Every table index moves to `idx` so
     /// blocking queries see the change; the caller wakes every watcher.
     fn restore(&mut self, idx: u64, restored: Store) {
-        *self = restored;
+        *self = restored.without_staging();
         self.last_index = idx;
         for t in [
             Table::Nodes,
@@ -258,7 +309,7 @@ impl Store {
     /// batch holding one that does.
     pub fn is_restore(cmd: &Command) -> bool {
         match &cmd.op {
-            CommandOp::Client(WriteOp::SnapshotRestore { .. }) => true,
+            CommandOp::RestoreCommit { .. } => true,
             CommandOp::Batch(cmds) => cmds.iter().any(Self::is_restore),
             _ => false,
         }

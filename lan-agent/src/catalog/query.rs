@@ -286,7 +286,8 @@ impl Store {
             | Query::PreparedQueryExecuteRemote { .. }
             | Query::RaftConfiguration
             | Query::AutopilotHealth
-            | Query::Snapshot => {
+            | Query::Snapshot
+            | Query::SnapshotPart { .. } => {
                 return Err(RpcError::internal(
                     "invariant: status queries are answered by the server, not the store",
                 ));
@@ -365,7 +366,8 @@ impl Store {
             | Query::PreparedQueryExecuteRemote { .. }
             | Query::RaftConfiguration
             | Query::AutopilotHealth
-            | Query::Snapshot => Vec::new(),
+            | Query::Snapshot
+            | Query::SnapshotPart { .. } => Vec::new(),
         }
     }
 

@@ -831,7 +831,10 @@ fn a_batch_applies_in_order_with_a_result_each() {
     assert!(!Store::is_restore(&batch));
     let restore = Command {
         now_ms: 0,
-        op: CommandOp::Client(WriteOp::SnapshotRestore { data: Vec::new() }),
+        op: CommandOp::RestoreCommit {
+            restore: "r".into(),
+            len: 0,
+        },
     };
     assert!(Store::is_restore(&Command {
         now_ms: 0,

@@ -2,20 +2,21 @@
 //! and changing the servers' Raft configuration, and saving and restoring the whole state.
 
 use axum::Router;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
-use cairn_shared::rpc::{Query, QueryResult, WriteOp, WriteRequest};
+use cairn_shared::rpc::{
+    Query, QueryResult, ReadRequest, RpcError, SNAPSHOT_PART, WriteOp, WriteRequest,
+};
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::error::{ApiError, ApiResult};
 use super::{
-    HttpState, Params, content_length, json, methods, query_json, read, read_body, set_meta,
-    unexpected,
+    HttpState, Params, content_length, json, methods, query_json, read, set_meta, unexpected,
 };
-
-/// Largest snapshot accepted by `PUT /v1/snapshot`.
-const MAX_SNAPSHOT: usize = 512 * 1024 * 1024;
+use crate::server::MAX_RESTORE;
 
 pub(super) fn router() -> Router<HttpState> {
     Router::new()
@@ -88,38 +89,92 @@ async fn remove_peer(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) 
 }
 
 async fn snapshot_save(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
-    let (_, resp) = read(&st, &uri, &headers, Query::Snapshot).await?;
-    match resp.result {
-        QueryResult::Snapshot(bytes) => {
-            let mut r: Response = (
-                StatusCode::OK,
-                [("content-type", "application/octet-stream")],
-                bytes,
-            )
-                .into_response();
-            set_meta(r.headers_mut(), &resp.meta);
-            Ok(r)
+    let (params, resp) = read(&st, &uri, &headers, Query::Snapshot).await?;
+    let first = match resp.result {
+        QueryResult::SnapshotPart(p) => p,
+        other => return Err(unexpected("a snapshot read", &other)),
+    };
+    // The rest of the file is read part by part as the client takes it, so neither this
+    // agent nor any RPC frame holds more than a part.
+    let mut options = params.query_options(&headers)?;
+    options.min_index = 0;
+    let total = first.total;
+    let handle = first.handle;
+    let rpc = st.rpc.clone();
+    let offset = first.data.len() as u64;
+    let head = futures_util::stream::once(async move { Ok(Bytes::from(first.data)) });
+    let rest = futures_util::stream::try_unfold(offset, move |at| {
+        let (rpc, handle, options) = (rpc.clone(), handle.clone(), options.clone());
+        async move {
+            if at >= total {
+                return Ok(None);
+            }
+            let query = Query::SnapshotPart { handle, offset: at };
+            let part = match rpc.read(ReadRequest { query, options }).await?.result {
+                QueryResult::SnapshotPart(p) if p.offset == at && !p.data.is_empty() => p,
+                _ => return Err(RpcError::internal("a snapshot part came back out of place")),
+            };
+            let next = at + part.data.len() as u64;
+            Ok::<_, RpcError>(Some((Bytes::from(part.data), next)))
         }
-        other => Err(unexpected("a snapshot read", &other)),
-    }
+    });
+    let mut r = Response::new(Body::from_stream(head.chain(rest)));
+    let h = r.headers_mut();
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert("content-length", HeaderValue::from(total));
+    set_meta(h, &resp.meta);
+    Ok(r)
 }
 
 async fn snapshot_restore(State(st): State<HttpState>, req: Request) -> ApiResult {
     let params = Params::parse(req.uri().query());
     let options = params.query_options(req.headers())?;
-    let declared = content_length(req.headers());
-    let data = read_body(req.into_body(), declared, MAX_SNAPSHOT, |n| {
-        ApiError::too_large(format!("Snapshot of {n} bytes is too large"))
-    })
-    .await?;
-    st.rpc
-        .write(WriteRequest {
-            datacenter: options.datacenter,
-            token: options.token,
-            op: WriteOp::SnapshotRestore {
-                data: data.to_vec(),
-            },
-        })
-        .await?;
-    Ok(StatusCode::OK.into_response())
+    let too_large = |n: u64| ApiError::too_large(format!("Snapshot of {n} bytes is too large"));
+    if let Some(n) = content_length(req.headers())
+        && n > MAX_RESTORE as u64
+    {
+        return Err(too_large(n));
+    }
+    // The upload goes to the leader in parts as it arrives.
+    let upload = uuid::Uuid::new_v4().to_string();
+    let mut body = req.into_body().into_data_stream();
+    let mut offset = 0u64;
+    let mut buf = Vec::with_capacity(SNAPSHOT_PART);
+    loop {
+        let chunk = body
+            .try_next()
+            .await
+            .map_err(|e| ApiError::bad_request(format!("Error reading snapshot: {e}")))?;
+        let done = chunk.is_none();
+        if let Some(c) = &chunk {
+            if offset + (buf.len() + c.len()) as u64 > MAX_RESTORE as u64 {
+                return Err(too_large(offset + (buf.len() + c.len()) as u64));
+            }
+            buf.extend_from_slice(c);
+        }
+        while buf.len() >= SNAPSHOT_PART || (done && !buf.is_empty()) || (done && offset == 0) {
+            let n = buf.len().min(SNAPSHOT_PART);
+            let data: Vec<u8> = buf.drain(..n).collect();
+            let last = done && buf.is_empty();
+            st.rpc
+                .write(WriteRequest {
+                    datacenter: options.datacenter.clone(),
+                    token: options.token.clone(),
+                    op: WriteOp::SnapshotUpload {
+                        upload: upload.clone(),
+                        offset,
+                        data,
+                        done: last,
+                    },
+                })
+                .await?;
+            offset += n as u64;
+            if last {
+                return Ok(StatusCode::OK.into_response());
+            }
+        }
+    }
 }

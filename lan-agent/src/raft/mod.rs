@@ -581,6 +581,13 @@ impl Consensus for RaftConsensus {
                 .voter_ids()
                 .filter_map(|id| addr_of(&id))
                 .collect(),
+            self_addr: addr_of(&m.id),
+        }
+    }
+
+    async fn compact(&self) {
+        if let Err(e) = self.raft.trigger().snapshot().await {
+            tracing::warn!(error = %e, "could not start a snapshot after a restore");
         }
     }
 

@@ -28,6 +28,8 @@ pub struct LeaderStatus {
     pub last_contact_ms: u64,
     /// Voters' RPC addresses.
     pub peers: Vec<String>,
+    /// This server's own RPC address, as the others reach it.
+    pub self_addr: Option<String>,
 }
 
 #[async_trait]
@@ -42,6 +44,9 @@ pub trait Consensus: Send + Sync + std::fmt::Debug {
     async fn read_barrier(&self) -> Result<(), RpcError>;
 
     fn status(&self) -> LeaderStatus;
+
+    /// Folds the log into a snapshot now (after a restore, so its pieces leave the log).
+    async fn compact(&self) {}
 
     /// The log as `/v1/agent/self` reports it: commit index, last log index, applied
     /// index. A log of one commits and applies as it appends.
@@ -160,6 +165,7 @@ impl Consensus for DevConsensus {
             is_leader: true,
             last_contact_ms: 0,
             peers: vec![self.addr.clone()],
+            self_addr: Some(self.addr.clone()),
         }
     }
 

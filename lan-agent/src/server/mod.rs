@@ -11,6 +11,7 @@ mod coordinates;
 mod prepared;
 pub mod reconcile;
 mod sessions;
+mod snapshots;
 mod tombstones;
 pub mod wan;
 
@@ -68,6 +69,11 @@ impl ServerConfig {
         }
     }
 }
+
+/// Largest snapshot `PUT /v1/snapshot` restores.
+pub const MAX_RESTORE: usize = 512 * 1024 * 1024;
+/// A restore's piece in one log entry: well under the proposal batch's byte bound.
+const RESTORE_PIECE: usize = 512 * 1024;
 
 /// Consul's `SessionTTLMax`.
 pub const SESSION_TTL_MAX: Duration = Duration::from_secs(86_400);
@@ -128,6 +134,8 @@ struct Inner {
     forwarder: RpcClient,
     /// The WAN routers and the LAN pool, once gossip runs.
     wan: OnceLock<WanRoutes>,
+    /// Snapshots being saved or uploaded in pieces.
+    transfers: snapshots::Transfers,
 }
 
 impl Server {
@@ -153,6 +161,7 @@ impl Server {
                 coordinates: coordinates::Pending::default(),
                 forwarder: RpcClient::default(),
                 wan: OnceLock::new(),
+                transfers: snapshots::Transfers::default(),
             }),
         };
         let s = server.clone();
@@ -412,6 +421,9 @@ impl Server {
                 | Query::WanMembers
                 | Query::WanCoordinates
         ) || req.options.consistency == Consistency::Stale;
+        if let Query::SnapshotPart { handle, .. } = &req.query {
+            return self.read_snapshot_part(req.clone(), handle).await;
+        }
         if local_only {
             return self.read_local(&req).await;
         }
@@ -464,7 +476,20 @@ impl Server {
             Query::AutopilotHealth => Some(QueryResult::AutopilotHealth(
                 self.inner.consensus.autopilot_health(),
             )),
-            Query::Snapshot => Some(QueryResult::Snapshot(self.snapshot()?)),
+            Query::Snapshot => {
+                let holder = self.inner.consensus.status().self_addr.unwrap_or_default();
+                Some(QueryResult::SnapshotPart(
+                    self.inner.transfers.save(&holder, self.snapshot()?)?,
+                ))
+            }
+            Query::SnapshotPart { handle, offset } => Some(QueryResult::SnapshotPart(
+                self.inner.transfers.read(handle, *offset).ok_or_else(|| {
+                    RpcError::not_found(
+                        "Snapshot save failed: the snapshot expired or its server restarted; \
+                         try again",
+                    )
+                })??,
+            )),
             _ => None,
         };
         if let Some(result) = operator {
@@ -575,9 +600,80 @@ impl Server {
         }
     }
 
+    /// A part of a saved snapshot: from this server if it holds the file, else from the
+    /// server its handle names (one hop: that server answers from what it holds).
+    async fn read_snapshot_part(
+        &self,
+        req: ReadRequest,
+        handle: &str,
+    ) -> Result<ReadResponse, RpcError> {
+        let own = self.inner.consensus.status().self_addr;
+        let holder = cairn_shared::rpc::SnapshotPart::holder(handle);
+        match holder {
+            Some(addr) if own.as_deref() != Some(addr.to_string().as_str()) => {
+                let timeout = timeouts::read_timeout(None);
+                match self
+                    .inner
+                    .forwarder
+                    .call(addr, Body::Read(req), timeout)
+                    .await
+                {
+                    Ok(Reply::Read(r)) => Ok(r),
+                    Ok(_) => Err(RpcError::internal(
+                        "a server answered a snapshot read with something else",
+                    )),
+                    Err(CallError::Remote(e)) => Err(e),
+                    Err(CallError::NotSent(e) | CallError::Transport(e)) => {
+                        Err(RpcError::internal(format!(
+                            "Snapshot save failed: the server holding it is unreachable: {e}"
+                        )))
+                    }
+                }
+            }
+            _ => self.read_local(&req).await,
+        }
+    }
+
+    /// Gathers an uploaded snapshot and, once it is whole, checks it and restores it.
+    async fn snapshot_upload(
+        &self,
+        upload: &str,
+        offset: u64,
+        data: &[u8],
+        done: bool,
+    ) -> Result<WriteResult, RpcError> {
+        let Some(file) = self
+            .inner
+            .transfers
+            .upload(upload, offset, data, done, MAX_RESTORE)?
+        else {
+            return Ok(WriteResult::Bool(true));
+        };
+        // Refuse a damaged file here, with the reason, rather than in the log.
+        crate::raft::snapshot::SnapshotFile::decode(&file)
+            .map_err(|e| RpcError::bad_request(format!("Snapshot restore failed: {e}")))?;
+        // The file goes through the log in bounded pieces that every server stages, and
+        // one command swaps it in; then the log is compacted into a snapshot of it.
+        let restore = uuid::Uuid::new_v4().to_string();
+        for piece in file.chunks(RESTORE_PIECE) {
+            self.propose(CommandOp::RestorePart {
+                restore: restore.clone(),
+                data: piece.to_vec(),
+            })
+            .await??;
+        }
+        let len = file.len() as u64;
+        drop(file);
+        let result = self
+            .propose(CommandOp::RestoreCommit { restore, len })
+            .await??;
+        self.inner.consensus.compact().await;
+        Ok(result)
+    }
+
     /// The whole state in the snapshot file format (`/v1/snapshot`).
     fn snapshot(&self) -> Result<Vec<u8>, RpcError> {
-        let store = self.inner.state.read(|s| s.clone());
+        let store = self.inner.state.read(|s| s.clone()).without_staging();
         let file = crate::raft::snapshot::SnapshotFile {
             last_log_id: None,
             membership: Default::default(),
@@ -594,12 +690,12 @@ impl Server {
                 self.inner.consensus.remove_peer(id, address).await?;
                 return Ok(WriteResult::Bool(true));
             }
-            WriteOp::SnapshotRestore { data } => {
-                // Refuse a damaged file here, with the reason, rather than in the log.
-                crate::raft::snapshot::SnapshotFile::decode(&data)
-                    .map_err(|e| RpcError::bad_request(format!("Snapshot restore failed: {e}")))?;
-                WriteOp::SnapshotRestore { data }
-            }
+            WriteOp::SnapshotUpload {
+                upload,
+                offset,
+                data,
+                done,
+            } => return self.snapshot_upload(&upload, offset, &data, done).await,
             WriteOp::SessionRenew { id } => return self.renew(&id),
             WriteOp::CoordinateUpdate(entry) => {
                 self.inner.coordinates.push(entry)?;

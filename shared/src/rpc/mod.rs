@@ -86,8 +86,15 @@ pub enum Query {
     RaftConfiguration,
     /// `/v1/operator/autopilot/health`.
     AutopilotHealth,
-    /// `/v1/snapshot` GET: the whole state, in the snapshot file format.
+    /// `/v1/snapshot` GET: the whole state, in the snapshot file format. The answer is its
+    /// first [`SnapshotPart`]; the rest are read with [`Query::SnapshotPart`].
     Snapshot,
+    /// The part of a saved snapshot starting at `offset`, from the server whose `handle`
+    /// it is (any server forwards the read to that one).
+    SnapshotPart {
+        handle: String,
+        offset: u64,
+    },
     /// One key (`/v1/kv/:key`).
     KvGet {
         key: String,
@@ -228,12 +235,34 @@ pub enum QueryResult {
     Coordinates(Vec<CoordinateEntry>),
     RaftConfiguration(crate::api::RaftConfiguration),
     AutopilotHealth(crate::api::AutopilotHealth),
-    Snapshot(#[serde(with = "serde_bytes")] Vec<u8>),
+    SnapshotPart(SnapshotPart),
     WanMembers(Vec<wire::WanMember>),
     DatacenterMaps(Vec<wire::DatacenterMap>),
     PreparedQueries(Vec<PreparedQuery>),
     PreparedQueryExecute(Box<QueryExecuteResponse>),
     PreparedQueryExplain(Box<PreparedQuery>),
+}
+
+/// Largest piece of a snapshot one RPC frame carries, either way: well under
+/// [`wire::MAX_FRAME`], so a state of any size moves as a run of bounded frames.
+pub const SNAPSHOT_PART: usize = 4 * 1024 * 1024;
+
+/// A piece of a snapshot being saved: `data` starts at `offset` of a file of `total` bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotPart {
+    /// Names the server holding the file and the file (`ip:port/uuid`).
+    pub handle: String,
+    pub total: u64,
+    pub offset: u64,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl SnapshotPart {
+    /// The RPC address of the server that holds the file.
+    pub fn holder(handle: &str) -> Option<std::net::SocketAddr> {
+        handle.split_once('/')?.0.parse().ok()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -281,10 +310,15 @@ pub enum WriteOp {
         op: QueryOp,
         query: Box<PreparedQuery>,
     },
-    /// Replace the whole state with a snapshot (`/v1/snapshot` PUT).
-    SnapshotRestore {
+    /// A piece of a snapshot file to restore (`/v1/snapshot` PUT), in order from offset 0;
+    /// the leader gathers the pieces of `upload` and, on the one marked `done`, checks the
+    /// file and replaces the whole state with it. Not logged as one command.
+    SnapshotUpload {
+        upload: String,
+        offset: u64,
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
+        done: bool,
     },
 }
 

@@ -189,10 +189,15 @@ mod tests {
 
     #[test]
     fn an_oversized_answer_becomes_an_error_answer() {
-        use crate::rpc::{QueryMeta, QueryResult, ReadResponse};
+        use crate::rpc::{QueryMeta, QueryResult, ReadResponse, SnapshotPart};
         let huge = Reply::Read(ReadResponse {
             meta: QueryMeta::default(),
-            result: QueryResult::Snapshot(vec![7; MAX_FRAME + 1]),
+            result: QueryResult::SnapshotPart(SnapshotPart {
+                handle: "127.0.0.1:8300/x".into(),
+                total: MAX_FRAME as u64 + 1,
+                offset: 0,
+                data: vec![7; MAX_FRAME + 1],
+            }),
         });
         let frame = response_frame(9, Ok(huge));
         assert!(frame.len() < 1024);
