@@ -1,5 +1,6 @@
 //! Sessions and KV locks on the real binary: defaults, renew, destroy, TTL expiry,
-//! release/delete behaviors and lock-delay; locking through `rs-consul`.
+//! release/delete behaviors and lock-delay; locking through `rs-consul`; a session
+//! through a leader's `kill -9` on three servers.
 
 #![allow(clippy::unwrap_used)]
 
@@ -273,4 +274,101 @@ async fn rs_consul_lock_is_exclusive() {
     let http = cairn_tests::http_client();
     let e = entry(&http, &agent, "leader").await.unwrap();
     assert_eq!(e["Session"].as_str(), Some(lock.session_id.as_str()));
+}
+
+/// The first answer `path` gets from `agent` once a leader answers again (a 200), with
+/// the time it came.
+async fn first_answer(http: &reqwest::Client, agent: &Agent, path: &str) -> (Value, Instant) {
+    eventually(Duration::from_secs(20), "a leader to answer", || async {
+        let r = http
+            .get(agent.url(path))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        Some((r.json::<Value>().await.ok()?, Instant::now()))
+    })
+    .await
+    .unwrap()
+}
+
+/// A session created through a follower survives the leader's `kill -9`: the first
+/// answer under the new leader has it, the new leader arms its TTL timer (it expires
+/// unrenewed), and the lock it held keeps its lock-delay when it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_survives_leader_failover_and_its_ttl_and_lock_delay_hold() {
+    let cfg = std::env::temp_dir().join(format!("cairn-sess-failover-{}.json", std::process::id()));
+    std::fs::write(&cfg, r#"{"session_ttl_min": "1s"}"#).unwrap();
+    let cfg_arg = format!("-config-file={}", cfg.display());
+    let mut c = cairn_tests::Cluster::start(3, 100, &[cfg_arg.as_str()])
+        .await
+        .unwrap();
+    let http = cairn_tests::http_client();
+    let leader = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let f = (leader + 1) % 3;
+    let id = create(
+        &http,
+        &c.servers[f],
+        json!({"Name": "failover", "TTL": "3s", "LockDelay": "4s"}),
+    )
+    .await;
+    // Killed right after the acknowledgement, before the followers may have applied it.
+    c.servers[leader].kill9();
+    let killed = Instant::now();
+
+    // The first answer under the new leader has the session.
+    let (info, _) = first_answer(&http, &c.servers[f], &format!("/v1/session/info/{id}")).await;
+    assert_eq!(info[0]["ID"], id.as_str(), "{info}");
+    assert_eq!(
+        put(
+            &http,
+            &c.servers[f],
+            &format!("svc/leader?acquire={id}"),
+            "me"
+        )
+        .await,
+        "true"
+    );
+
+    // Never renewed, it expires on the new leader, no sooner than its TTL.
+    eventually(Duration::from_secs(30), "the session to expire", || async {
+        (!session_exists(&http, &c.servers[f], &id).await).then_some(())
+    })
+    .await
+    .unwrap();
+    let lived = killed.elapsed();
+    println!("the session expired {lived:?} after the leader was killed");
+    assert!(lived >= Duration::from_secs(3), "expired after {lived:?}");
+    // The lock was released, and another session cannot take it during the delay.
+    let other = create(&http, &c.servers[f], json!({})).await;
+    let e = entry(&http, &c.servers[f], "svc/leader").await.unwrap();
+    assert!(e.get("Session").is_none(), "{e}");
+    assert_eq!(
+        put(
+            &http,
+            &c.servers[f],
+            &format!("svc/leader?acquire={other}"),
+            "you"
+        )
+        .await,
+        "false",
+        "lock-delay must hold"
+    );
+    eventually(Duration::from_secs(10), "lock-delay to pass", || async {
+        (put(
+            &http,
+            &c.servers[f],
+            &format!("svc/leader?acquire={other}"),
+            "you",
+        )
+        .await
+            == "true")
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_file(&cfg);
 }

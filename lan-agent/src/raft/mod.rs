@@ -355,7 +355,7 @@ impl RaftConsensus {
     ) {
         let mut metrics = self.raft.metrics();
         loop {
-            let leader = metrics.borrow_and_update().state == ServerState::Leader;
+            let leader = leader_caught_up(&metrics.borrow_and_update());
             tx.send_if_modified(|v| std::mem::replace(v, leader) != leader);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -507,7 +507,7 @@ impl RaftConsensus {
     }
 
     fn holds_lease(&self, m: &openraft::RaftMetrics<NodeId, RaftNode>) -> bool {
-        if m.state != ServerState::Leader {
+        if !leader_caught_up(m) {
             return false;
         }
         let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
@@ -517,6 +517,18 @@ impl RaftConsensus {
         m.millis_since_quorum_ack
             .is_some_and(|ms| ms <= self.lease_ms())
     }
+}
+
+/// A leader that has applied an entry of its own term, so everything committed before it
+/// was elected is in its state store too (Consul's barrier in `establishLeadership`).
+/// Until then it neither serves reads, takes writes, nor arms session timers: a session
+/// committed just before the old leader died would otherwise be missing from the first
+/// reads and never get a TTL timer.
+fn leader_caught_up(m: &openraft::RaftMetrics<NodeId, RaftNode>) -> bool {
+    m.state == ServerState::Leader
+        && m
+            .last_applied
+            .is_some_and(|l| l.leader_id.get_term() == m.current_term)
 }
 
 #[async_trait]
