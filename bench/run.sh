@@ -5,7 +5,8 @@
 #   bash bench/run.sh dns    # DNS queries/s for web.service.consul (A and SRV), and dnsperf if installed
 #   bash bench/run.sh http   # /v1/health/service/web?passing reads/s
 #   bash bench/run.sh kv     # KV puts and gets at 1, 16, 64 clients; etcd side by side if installed
-#   bash bench/run.sh raft   # the same against 3 Raft servers and a 3-member etcd, with Cairn/etcd ratios
+#   bash bench/run.sh raft   # the same against 3 Raft servers and a 3-member etcd, with Cairn/etcd ratios,
+#                            # then ?consistent against default reads on the leader
 #   bash bench/run.sh wan    # a KV read in dc2 directly vs the same read from dc1 (?dc=dc2) through
 #                            # one WAN router per side, at 1, 16, 64 clients, with cross/in-DC ratios;
 #                            # then a prepared query executed locally vs after one failover
@@ -170,6 +171,19 @@ for (who, op, c), (tput, p50, p99) in sorted(rows.items()):
     r = lambda a, b: f"{a / b:.2f}" if b else "n/a"
     print(f"{op} c={c}: throughput x{r(tput, et)}, p50 x{r(p50, e50)}, p99 x{r(p99, e99)}")
 PY
+  # ?consistent against default reads of one key on the leader: what a read-index round
+  # costs once reads share rounds.
+  leader_http=${leader%:*}:8500
+  echo "== ?consistent vs default reads on the leader ($leader_http)"
+  for c in 1 64; do
+    "$bench" --concurrency "$c" --seconds "$secs" http "$leader_http" "/v1/kv/bench/0/0" | tee "$work/def.out"
+    "$bench" --concurrency "$c" --seconds "$secs" http "$leader_http" "/v1/kv/bench/0/0?consistent" | tee "$work/con.out"
+    python3 - "$work/def.out" "$work/con.out" "$c" <<'PY'
+import re, sys
+ops = [float(re.search(r"([\d.]+) ops/s", open(f).read())[1]) for f in sys.argv[1:3]]
+print(f"consistent/default c={sys.argv[3]}: x{ops[1] / ops[0]:.2f}")
+PY
+  done
 }
 
 # Two datacenters of one server and one router each, on 127.0.7.x and 127.0.8.x. The same

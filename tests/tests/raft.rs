@@ -620,20 +620,85 @@ async fn a_follower_behind_by_more_than_a_frame_catches_up() {
     .await
     .unwrap();
     assert!(m.values().filter(|v| v.len() == value.len()).count() == 40);
+    let splits = counter(&c.servers[leader], "cairn_raft_append_splits_total").await;
+    assert!(splits >= 1.0, "the leader never split a batch");
+}
+
+/// A counter from an agent's Prometheus metrics (0 when it was never incremented).
+async fn counter(agent: &cairn_tests::Agent, name: &str) -> f64 {
     let metrics = http_client()
-        .get(c.servers[leader].url("/v1/agent/metrics?format=prometheus"))
+        .get(agent.url("/v1/agent/metrics?format=prometheus"))
         .send()
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    let splits: f64 = metrics
+    metrics
         .lines()
-        .find_map(|l| l.strip_prefix("cairn_raft_append_splits_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
-    assert!(splits >= 1.0, "the leader never split a batch:\n{metrics}");
+        .unwrap_or(0.0)
+}
+
+/// `?consistent` reads that arrive together share leadership confirmations (read-index
+/// batching), and each still sees every write acknowledged before it was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consistent_reads_that_arrive_together_share_read_index_rounds() {
+    let c = Cluster::start(3, 110, &[]).await.unwrap();
+    let leader = &c.servers[c.wait_leader(Duration::from_secs(10)).await.unwrap()];
+    // Each read sees the write acknowledged just before it.
+    let mut writers = Vec::new();
+    for w in 0..16 {
+        let addr = leader.addr();
+        writers.push(tokio::spawn(async move {
+            for i in 0..5 {
+                let key = format!("ri/{w}/{i}");
+                assert_eq!(put(&addr, &key, "x").await, Some(true));
+                let r = http_client()
+                    .get(format!("http://{addr}/v1/kv/{key}?consistent"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "{key} written before the read");
+                assert_eq!(r.headers()["x-consul-effective-consistency"], "consistent");
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    // A burst of reads from 32 clients at once.
+    let rounds_before = counter(leader, "cairn_raft_read_index_rounds_total").await;
+    let reads_before = counter(leader, "cairn_raft_read_index_reads_total").await;
+    let start = Arc::new(tokio::sync::Barrier::new(32));
+    let mut readers = Vec::new();
+    for w in 0..32 {
+        let (addr, start) = (leader.addr(), start.clone());
+        readers.push(tokio::spawn(async move {
+            let http = http_client();
+            start.wait().await;
+            for _ in 0..10 {
+                let r = http
+                    .get(format!("http://{addr}/v1/kv/ri/{}/0?consistent", w % 16))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        }));
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+    let rounds = counter(leader, "cairn_raft_read_index_rounds_total").await - rounds_before;
+    let reads = counter(leader, "cairn_raft_read_index_reads_total").await - reads_before;
+    println!("{reads} consistent reads in {rounds} read-index rounds");
+    assert!(reads >= 320.0, "{reads}");
+    assert!(
+        rounds < reads,
+        "{rounds} rounds for {reads} reads: nothing shared"
+    );
 }
 
 /// A well-formed Raft message sent to a server's RPC port from an address that is no
