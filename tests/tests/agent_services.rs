@@ -479,3 +479,19 @@ where
     }
     out
 }
+
+/// An HTTP check without a timeout shows Consul's 10 s default on `/v1/agent/checks`.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_check_shows_its_default_timeout() {
+    let agent = Agent::dev().await.unwrap();
+    let r = http_client()
+        .put(agent.url("/v1/agent/check/register"))
+        .json(&json!({"Name": "h", "HTTP": "http://127.0.0.1:1/", "Interval": "30s"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let checks = get(&agent, "/v1/agent/checks").await;
+    assert_eq!(checks["h"]["Timeout"], "10s", "{checks}");
+    assert_eq!(checks["h"]["Interval"], "30s", "{checks}");
+}

@@ -359,3 +359,41 @@ async fn udp_limits_truncation_ttls_and_recursors() {
     assert_eq!(missing.status, "NXDOMAIN");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Several instances on one address: every SRV record has its own Additional A record,
+/// as Consul's answers do, also after trimming (`udp_answer_limit` without EDNS), so a
+/// resolver that pairs them (HAProxy's `server-template`) sees an address for each.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_srv_record_has_its_own_additional_record() {
+    let agent = AgentOpts::default().dns().start().await.unwrap();
+    let dns = agent.dns.unwrap();
+    for i in 0..4 {
+        register(
+            &agent,
+            json!({"ID": format!("be-{i}"), "Name": "be", "Port": 9000 + i}),
+        )
+        .await;
+    }
+    let d = eventually(Duration::from_secs(5), "four instances in DNS", || async {
+        let d = dig(dns, "be.service.consul", "SRV", &[]);
+        (d.answer.len() == 4).then_some(d)
+    })
+    .await
+    .unwrap();
+    let target = format!("{}.node.dc1.consul.", agent.node);
+    let a_records: Vec<&String> = d
+        .additional
+        .iter()
+        .filter(|r| r.starts_with(&target) && r.contains(" IN A "))
+        .collect();
+    assert_eq!(a_records.len(), 4, "{:?}", d.additional);
+    // Without EDNS, Consul's default udp_answer_limit of 3 applies to both sections.
+    let plain = dig(dns, "be.service.consul", "SRV", &["+noedns"]);
+    assert_eq!(plain.answer.len(), 3, "{}", plain.raw);
+    let a = plain
+        .additional
+        .iter()
+        .filter(|r| r.contains(" IN A "))
+        .count();
+    assert_eq!(a, 3, "{}", plain.raw);
+}

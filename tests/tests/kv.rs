@@ -177,6 +177,26 @@ async fn missing_key_is_404_with_index_and_raw_and_keys_work() {
     assert_eq!(entries[0]["Flags"], 42);
     assert_eq!(entries[0]["LockIndex"], 0);
     assert!(entries[0].get("Session").is_none());
+
+    // An empty body is stored as no value: `"Value": null`, as Consul's; `?raw` is empty.
+    let r = http.put(agent.url("/v1/kv/empty")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap().trim(), "true");
+    let entries: Value = http
+        .get(agent.url("/v1/kv/empty"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(entries[0]["Value"].is_null(), "{entries}");
+    let raw = http
+        .get(agent.url("/v1/kv/empty?raw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 200);
+    assert!(raw.text().await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -402,8 +402,10 @@ impl ConsulDns {
                 ));
                 a.additional.extend(extra);
             }
+            // One set of Additional records per SRV record, duplicates included: resolvers
+            // (HAProxy's among them) pair each SRV record with its own address record.
             records::dedupe(&mut a.answers);
-            records::dedupe(&mut a.additional);
+            records::resync_additional(&mut a);
             return a;
         }
         for e in entries {

@@ -1,6 +1,6 @@
 //! Building resource records and fitting an answer into a UDP or TCP message.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -173,20 +173,25 @@ fn encoded_len(request: &Request, a: &Answer, edns: Option<u16>) -> usize {
     m.to_vec().map_or(usize::MAX, |v| v.len())
 }
 
-/// Keeps only Additional records that belong to a remaining SRV target.
-fn resync_additional(a: &mut Answer) {
-    let targets: HashSet<Name> = a
-        .answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::SRV(s) => Some(s.target.clone()),
-            _ => None,
-        })
-        .collect();
-    a.additional.retain(|r| targets.contains(&r.name));
+/// Keeps the Additional records of the remaining SRV records: each SRV record brings its
+/// own copy of its target's records, as Consul's answers do, so a target named by two SRV
+/// records keeps two copies and one named by none keeps none.
+pub(crate) fn resync_additional(a: &mut Answer) {
+    let mut srvs: HashMap<Name, usize> = HashMap::new();
+    for r in &a.answers {
+        if let RData::SRV(s) = &r.data {
+            *srvs.entry(s.target.clone()).or_default() += 1;
+        }
+    }
+    let mut kept: HashMap<String, usize> = HashMap::new();
+    a.additional.retain(|r| {
+        let allowed = srvs.get(&r.name).copied().unwrap_or(0);
+        let n = kept.entry(r.to_string()).or_default();
+        *n += 1;
+        *n <= allowed
+    });
 }
 
-/// Cuts the answer down until it fits the transport; says whether anything was cut.
 pub(crate) fn trim(
     a: &mut Answer,
     request: &Request,

@@ -144,7 +144,8 @@ async fn kv_put(State(st): State<HttpState>, req: Request) -> ApiResult {
     let op = KvTxnOp {
         verb,
         key,
-        value: Some(body.to_vec()),
+        // Consul stores an empty body as no value at all: it reads back as `null`.
+        value: (!body.is_empty()).then(|| body.to_vec()),
         flags,
         index,
         session,

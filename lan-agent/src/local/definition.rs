@@ -321,7 +321,11 @@ impl CheckType {
             service_tags: service.map(|s| s.tags.clone()).unwrap_or_default(),
             check_type: self.kind().map(CheckKind::as_str).unwrap_or("").to_string(),
             interval: fmt(self.interval),
-            timeout: fmt(self.timeout),
+            // Except an HTTP check's timeout, which Consul shows with its 10 s default.
+            timeout: match self.kind() {
+                Some(CheckKind::Http) => duration::format(self.timeout_or_default()),
+                _ => fmt(self.timeout),
+            },
             definition: self.definition(),
             ..HealthCheck::default()
         }
