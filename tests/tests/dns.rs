@@ -397,3 +397,90 @@ async fn each_srv_record_has_its_own_additional_record() {
         .count();
     assert_eq!(a, 3, "{}", plain.raw);
 }
+
+/// PUT `path` with a JSON body and expect a 200.
+async fn put_ok(agent: &Agent, path: &str, body: serde_json::Value) {
+    let r = http_client()
+        .put(agent.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{path}: {}", r.text().await.unwrap());
+}
+
+async fn dns_cache_hits(agent: &Agent) -> f64 {
+    let text = http_client()
+        .get(agent.url("/v1/agent/metrics?format=prometheus"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("cairn_dns_cache_hits_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Answers come from a cache, but never from an older catalog: right after each
+/// register, deregister and health change, the next query sees it.
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_answers_are_never_older_than_the_catalog() {
+    let agent = AgentOpts::default().dns().start().await.unwrap();
+    let dns = agent.dns.unwrap();
+    let node = |i: u8, status: &str| {
+        json!({
+            "Node": format!("cache-{i}"), "Address": format!("10.9.0.{i}"),
+            "Service": {"Service": "cached", "Port": 80},
+            "Check": {"CheckID": "svc", "Name": "svc", "ServiceID": "cached", "Status": status}
+        })
+    };
+    let addrs = |rtype: &str| {
+        let mut v = dig(dns, "cached.service.consul", rtype, &[]).data_of(rtype);
+        v.sort();
+        v
+    };
+    put_ok(&agent, "/v1/catalog/register", node(1, "passing")).await;
+    put_ok(&agent, "/v1/catalog/register", node(2, "passing")).await;
+    let hits_before = dns_cache_hits(&agent).await;
+    for _ in 0..3 {
+        assert_eq!(addrs("A"), ["10.9.0.1", "10.9.0.2"]);
+    }
+    assert!(
+        dns_cache_hits(&agent).await >= hits_before + 2.0,
+        "answers are cached"
+    );
+
+    put_ok(&agent, "/v1/catalog/register", node(3, "passing")).await;
+    assert_eq!(
+        addrs("A"),
+        ["10.9.0.1", "10.9.0.2", "10.9.0.3"],
+        "registered"
+    );
+    put_ok(&agent, "/v1/catalog/register", node(2, "critical")).await;
+    assert_eq!(addrs("A"), ["10.9.0.1", "10.9.0.3"], "went critical");
+    put_ok(&agent, "/v1/catalog/register", node(2, "passing")).await;
+    assert_eq!(
+        addrs("A"),
+        ["10.9.0.1", "10.9.0.2", "10.9.0.3"],
+        "passing again"
+    );
+    put_ok(&agent, "/v1/catalog/deregister", json!({"Node": "cache-1"})).await;
+    assert_eq!(addrs("A"), ["10.9.0.2", "10.9.0.3"], "deregistered");
+    assert_eq!(addrs("SRV").len(), 2);
+    // A node's new address reaches the answer too.
+    let mut moved = node(3, "passing");
+    moved["Address"] = json!("10.9.0.33");
+    put_ok(&agent, "/v1/catalog/register", moved).await;
+    assert_eq!(addrs("A"), ["10.9.0.2", "10.9.0.33"], "node moved");
+    for n in ["cache-2", "cache-3"] {
+        put_ok(&agent, "/v1/catalog/deregister", json!({"Node": n})).await;
+    }
+    assert_eq!(
+        dig(dns, "cached.service.consul", "A", &[]).status,
+        "NXDOMAIN",
+        "gone"
+    );
+}

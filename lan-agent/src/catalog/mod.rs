@@ -51,10 +51,12 @@ pub enum CommandOp {
     /// Writes proposed together (`raft/batch.rs`), applied in order at one index, each
     /// with its own result.
     Batch(Vec<Command>),
-    /// The next piece of a snapshot file being restored, staged until its commit
-    /// (`docs/raft.md`, "Snapshots"). A piece of another restore drops the one staged.
+    /// The piece at `offset` of a snapshot file being restored, staged until its commit
+    /// (`docs/raft.md`, "Snapshots"). A piece of another restore drops the one staged; a
+    /// piece already staged (a retried proposal) changes nothing.
     RestorePart {
         restore: String,
+        offset: u64,
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
@@ -157,6 +159,9 @@ pub struct Store {
     /// mid-restore stages the same bytes as the others.
     #[serde(default)]
     restoring: Option<StagedRestore>,
+    /// The last restore committed, so a retried commit of it succeeds without redoing it.
+    #[serde(default)]
+    last_restore: Option<String>,
     #[serde(skip)]
     journal: Option<Vec<Undo>>,
     #[serde(skip)]
@@ -192,7 +197,11 @@ impl Store {
                 self.apply_each(index, cmd);
                 Ok(WriteResult::Bool(true))
             }
-            CommandOp::RestorePart { restore, data } => {
+            CommandOp::RestorePart {
+                restore,
+                offset,
+                data,
+            } => {
                 let staged = match self.restoring.take() {
                     Some(s) if s.restore == *restore => s,
                     _ => StagedRestore {
@@ -201,10 +210,19 @@ impl Store {
                     },
                 };
                 let staged = self.restoring.insert(staged);
-                staged.data.extend_from_slice(data);
+                let have = staged.data.len() as u64;
+                if *offset == have {
+                    staged.data.extend_from_slice(data);
+                } else if offset + data.len() as u64 > have {
+                    // A gap: a piece was lost; the commit will find the file incomplete.
+                    staged.data.clear();
+                }
                 Ok(WriteResult::Bool(true))
             }
             CommandOp::RestoreCommit { restore, len } => {
+                if self.last_restore.as_deref() == Some(restore.as_str()) {
+                    return Ok(WriteResult::Bool(true));
+                }
                 let staged = match self.restoring.take() {
                     Some(s) if s.restore == *restore && s.data.len() as u64 == *len => s,
                     other => {
@@ -217,6 +235,7 @@ impl Store {
                 let snap = crate::raft::snapshot::SnapshotFile::decode(&staged.data)
                     .map_err(|e| RpcError::bad_request(format!("Snapshot restore failed: {e}")))?;
                 self.restore(index, snap.store);
+                self.last_restore = Some(restore.clone());
                 Ok(WriteResult::Bool(true))
             }
         }

@@ -327,6 +327,21 @@ impl Store {
         }
     }
 
+    /// The index [`Store::query`] would answer `q` with, without building the answer; only
+    /// for the lookups DNS repeats (`None` for the rest).
+    pub fn query_index(&self, q: &Query) -> Option<u64> {
+        let index = match q {
+            Query::HealthService { service, .. } => {
+                self.service_index_or(service, &[Table::Services, Table::Checks])
+            }
+            Query::CatalogNode { node, .. } => {
+                self.node_index_or(node, &[Table::Nodes, Table::Services])
+            }
+            _ => return None,
+        };
+        Some(index.max(1))
+    }
+
     /// What a blocking query must watch to see its answer change; empty for queries that
     /// do not block.
     pub fn watch_keys(q: &Query) -> Vec<WatchKey> {

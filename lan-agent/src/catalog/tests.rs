@@ -841,3 +841,45 @@ fn a_batch_applies_in_order_with_a_result_each() {
         op: CommandOp::Batch(vec![restore]),
     }));
 }
+
+/// A restore arrives as pieces and a commit; a piece or commit proposed again after an
+/// ambiguous failure changes nothing, and a missing piece makes the commit fail.
+#[test]
+fn restore_pieces_and_commit_are_safe_to_apply_twice() {
+    let mut source = Harness::new();
+    assert!(source.kv(KvVerb::Set, "restored", "yes", 0, ""));
+    let file = crate::raft::snapshot::SnapshotFile {
+        last_log_id: None,
+        membership: Default::default(),
+        snapshot_id: "t".into(),
+        datacenter: "dc1".into(),
+        store: source.store.clone(),
+    }
+    .encode()
+    .unwrap();
+    let (a, b) = file.split_at(file.len() / 2);
+    let part = |offset: usize, data: &[u8]| CommandOp::RestorePart {
+        restore: "r1".into(),
+        offset: offset as u64,
+        data: data.to_vec(),
+    };
+    let commit = || CommandOp::RestoreCommit {
+        restore: "r1".into(),
+        len: file.len() as u64,
+    };
+    let mut h = Harness::new();
+    h.apply(part(0, a)).unwrap();
+    h.apply(part(0, a)).unwrap();
+    h.apply(part(a.len(), b)).unwrap();
+    h.apply(commit()).unwrap();
+    h.apply(commit()).unwrap();
+    assert!(h.store.kv.contains_key("restored"));
+    assert!(h.store.restoring.is_none());
+
+    // A gap: the second half never arrived, only a piece after it.
+    let mut gap = Harness::new();
+    gap.apply(part(0, a)).unwrap();
+    gap.apply(part(a.len() + 1, b)).unwrap();
+    assert!(gap.apply(commit()).is_err());
+    assert!(!gap.store.kv.contains_key("restored"));
+}

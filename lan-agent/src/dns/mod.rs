@@ -11,6 +11,7 @@
 //! hickory's server parses packets: fewer than 12 bytes are dropped, unparseable ones get
 //! FORMERR, responses are ignored; anything that parses reaches [`ConsulDns`].
 
+mod cache;
 pub mod parser;
 mod records;
 mod recursor;
@@ -56,6 +57,7 @@ pub struct DnsSettings {
 pub struct ConsulDns {
     rpc: Arc<dyn Rpc>,
     settings: Arc<DnsSettings>,
+    cache: Arc<cache::AnswerCache>,
 }
 
 /// How long a TCP client may idle between queries.
@@ -77,6 +79,7 @@ pub async fn serve(
     let handler = ConsulDns {
         rpc,
         settings: Arc::new(settings),
+        cache: Arc::default(),
     };
     let mut server = hickory_server::Server::new(handler);
     server.register_socket(udp);
@@ -163,11 +166,20 @@ impl ConsulDns {
     }
 
     async fn read(&self, query: Query, dc: Option<&str>) -> Result<QueryResult, RpcError> {
+        self.read_indexed(query, dc).await.map(|(_, r)| r)
+    }
+
+    /// A read and the catalog index it answered at.
+    async fn read_indexed(
+        &self,
+        query: Query,
+        dc: Option<&str>,
+    ) -> Result<(u64, QueryResult), RpcError> {
         let req = ReadRequest {
             query,
             options: self.options(dc),
         };
-        self.rpc.read(req).await.map(|r| r.result)
+        self.rpc.read(req).await.map(|r| (r.meta.index, r.result))
     }
 
     /// An RPC failure as Consul maps it: unknown datacenter is NXDOMAIN, anything else
@@ -281,31 +293,30 @@ impl ConsulDns {
         a
     }
 
+    fn health_query(name: &str, tag: Option<String>) -> Query {
+        Query::HealthService {
+            service: name.to_string(),
+            passing: false,
+            select: cairn_shared::rpc::Select {
+                tags: tag.into_iter().collect(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// The instances DNS may hand out (Consul drops critical ones, and warning ones with
+    /// `only_passing`), in catalog order, and the index they were read at.
     async fn healthy(
         &self,
-        name: &str,
-        tag: Option<String>,
+        query: Query,
         dc: Option<&str>,
-    ) -> Result<Vec<ServiceEntry>, RpcError> {
-        let select = cairn_shared::rpc::Select {
-            tags: tag.into_iter().collect(),
-            ..Default::default()
-        };
-        let result = self
-            .read(
-                Query::HealthService {
-                    service: name.to_string(),
-                    passing: false,
-                    select,
-                },
-                dc,
-            )
-            .await?;
+    ) -> Result<(u64, Vec<ServiceEntry>), RpcError> {
+        let (index, result) = self.read_indexed(query, dc).await?;
         let QueryResult::ServiceEntries(entries) = result else {
-            return Ok(Vec::new());
+            return Ok((index, Vec::new()));
         };
         let only_passing = self.settings.config.only_passing;
-        let mut healthy: Vec<ServiceEntry> = entries
+        let healthy: Vec<ServiceEntry> = entries
             .into_iter()
             .filter(|e| {
                 e.checks.iter().all(|c| match c.status {
@@ -315,10 +326,11 @@ impl ConsulDns {
                 })
             })
             .collect();
-        healthy.shuffle(&mut rand::rng());
-        Ok(healthy)
+        Ok((index, healthy))
     }
 
+    /// A service's instances, shuffled per query as Consul's are. The answer before the
+    /// shuffle comes from the cache while the service's catalog index is unchanged.
     async fn service_answer(
         &self,
         name: &str,
@@ -327,16 +339,35 @@ impl ConsulDns {
         qtype: RecordType,
         owner: &Name,
     ) -> Answer {
-        let entries = match self.healthy(name, tag, dc).await {
-            Ok(e) => e,
-            Err(e) => return self.rpc_failure(&e),
+        let query = Self::health_query(name, tag);
+        let key = cache::Key::new(owner, qtype);
+        let current = if self.settings.config.allow_stale {
+            self.rpc.local_index(&query, dc.unwrap_or_default())
+        } else {
+            None
         };
-        if entries.is_empty() {
-            return self.nxdomain();
-        }
-        let dc_name = dc.unwrap_or(&self.settings.datacenter).to_string();
-        let ttl = ttl_secs(self.settings.config.service_ttl(name));
-        self.instances_answer(&entries, &dc_name, ttl, qtype, owner)
+        let mut answer = match current.and_then(|i| self.cache.get(&key, i)) {
+            Some(a) => a,
+            None => {
+                let (index, entries) = match self.healthy(query, dc).await {
+                    Ok(v) => v,
+                    Err(e) => return self.rpc_failure(&e),
+                };
+                let a = if entries.is_empty() {
+                    self.nxdomain()
+                } else {
+                    let dc_name = dc.unwrap_or(&self.settings.datacenter);
+                    let ttl = ttl_secs(self.settings.config.service_ttl(name));
+                    self.instances_answer(&entries, dc_name, ttl, qtype, owner)
+                };
+                if current.is_some() {
+                    self.cache.put(key, index, a.clone());
+                }
+                a
+            }
+        };
+        answer.answers.shuffle(&mut rand::rng());
+        self.limited(answer)
     }
 
     /// A prepared query's instances, in the order the server sorted them.
@@ -372,7 +403,8 @@ impl ConsulDns {
             Ok(d) if !resp.dns.ttl.is_empty() => d,
             _ => self.settings.config.service_ttl(&resp.service),
         };
-        self.instances_answer(&resp.nodes, &resp.datacenter, ttl_secs(ttl), qtype, owner)
+        let a = self.instances_answer(&resp.nodes, &resp.datacenter, ttl_secs(ttl), qtype, owner);
+        self.limited(a)
     }
 
     /// A/AAAA or SRV records for instances of datacenter `dc`.
@@ -417,12 +449,17 @@ impl ConsulDns {
             a.answers.extend(records::address(owner, addr, qtype, ttl));
         }
         records::dedupe(&mut a.answers);
-        let limit = self.settings.config.a_record_limit;
-        if limit > 0 {
-            a.answers.truncate(limit);
-        }
         if a.answers.is_empty() {
             return self.nodata();
+        }
+        a
+    }
+
+    /// `a_record_limit`: at most that many address records (after the shuffle).
+    fn limited(&self, mut a: Answer) -> Answer {
+        let limit = self.settings.config.a_record_limit;
+        if !a.srv && limit > 0 {
+            a.answers.truncate(limit);
         }
         a
     }
@@ -487,7 +524,11 @@ impl ConsulDns {
 
     /// Up to three random live servers as NS records, with their addresses as glue.
     async fn nameservers(&self) -> (Vec<Record>, Vec<Record>) {
-        let servers = self.healthy("consul", None, None).await.unwrap_or_default();
+        let (_, mut servers) = self
+            .healthy(Self::health_query("consul", None), None)
+            .await
+            .unwrap_or_default();
+        servers.shuffle(&mut rand::rng());
         let domain = Name::from_ascii(&self.settings.domain).unwrap_or_else(|_| Name::root());
         let ttl = ttl_secs(self.settings.config.node_ttl);
         let mut ns = Vec::new();

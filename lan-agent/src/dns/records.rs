@@ -12,7 +12,7 @@ use hickory_server::server::Request;
 use crate::config::DnsConfig;
 
 /// What a question is answered with, before it is fitted to the transport.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Answer {
     pub rcode: ResponseCode,
     pub answers: Vec<Record>,

@@ -112,6 +112,14 @@ pub trait Rpc: Send + Sync + std::fmt::Debug {
             "this agent does not fire events for others",
         ))
     }
+
+    /// The index a stale read of `query` would answer with right now, from this agent's
+    /// own state store; `None` where there is none (a client agent, another datacenter,
+    /// a query the store cannot index cheaply). Lets DNS reuse an answer built at that
+    /// index without reading again.
+    fn local_index(&self, _query: &Query, _datacenter: &str) -> Option<u64> {
+        None
+    }
 }
 
 /// A server's endpoint over its state store and consensus.
@@ -655,20 +663,37 @@ impl Server {
         // The file goes through the log in bounded pieces that every server stages, and
         // one command swaps it in; then the log is compacted into a snapshot of it.
         let restore = uuid::Uuid::new_v4().to_string();
-        for piece in file.chunks(RESTORE_PIECE) {
-            self.propose(CommandOp::RestorePart {
+        for (i, piece) in file.chunks(RESTORE_PIECE).enumerate() {
+            self.propose_retrying(CommandOp::RestorePart {
                 restore: restore.clone(),
+                offset: (i * RESTORE_PIECE) as u64,
                 data: piece.to_vec(),
             })
-            .await??;
+            .await?;
         }
         let len = file.len() as u64;
         drop(file);
         let result = self
-            .propose(CommandOp::RestoreCommit { restore, len })
-            .await??;
+            .propose_retrying(CommandOp::RestoreCommit { restore, len })
+            .await?;
         self.inner.consensus.compact().await;
         Ok(result)
+    }
+
+    /// Proposes a command that is safe to apply twice, again after a failure that left its
+    /// fate unknown (a lease that lapsed under load), for as long as the hold timeout.
+    async fn propose_retrying(&self, op: CommandOp) -> Result<WriteResult, RpcError> {
+        let deadline = tokio::time::Instant::now() + timeouts::HOLD_TIMEOUT;
+        loop {
+            match self.propose(op.clone()).await {
+                Ok(applied) => return applied,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "restore proposal failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The whole state in the snapshot file format (`/v1/snapshot`).
@@ -743,6 +768,13 @@ impl Rpc for Server {
 
     async fn write_on_leader(&self, req: WriteRequest) -> Result<WriteResult, RpcError> {
         self.route_write(req, false).await
+    }
+
+    fn local_index(&self, query: &Query, datacenter: &str) -> Option<u64> {
+        if !self.is_local(datacenter) {
+            return None;
+        }
+        self.inner.state.read(|s| s.query_index(query))
     }
 
     async fn fire_event(&self, datacenter: String, event: UserEvent) -> Result<(), RpcError> {
