@@ -772,6 +772,7 @@ fn server_config(config: &Config) -> ServerConfig {
         default_query_time: config.default_query_time,
         max_query_time: config.max_query_time,
         session_ttl_min: config.session_ttl_min,
+        autopilot: config.autopilot.clone(),
         ..ServerConfig::new(&config.datacenter)
     }
 }

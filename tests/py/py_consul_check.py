@@ -2,10 +2,13 @@
 
 Usage: python tests/py/py_consul_check.py PATH_TO_CAIRN
 
-Exercises KV put/get/recurse/keys, check-and-set, a blocking get woken by a write,
-sessions (create/info/renew/destroy with TTL and lock-delay), acquire/release,
-transactions, and prepared queries (create, list, get, execute by name and ID, explain,
-delete). Exits non-zero on the first failed expectation.
+Exercises KV put/get/recurse/keys (an empty value reads back as None), check-and-set, a
+blocking get woken by a write, check notes reaching the health endpoints, sessions
+(create/info/renew/destroy with TTL and lock-delay), acquire/release, transactions,
+prepared queries (create, list, get, execute by name and ID, explain, delete) and the
+operator endpoints (Raft configuration, usage, autopilot configuration with
+check-and-set, autopilot health, leadership transfer). Exits non-zero on the first failed
+expectation.
 """
 
 import base64
@@ -73,6 +76,10 @@ def check_kv(c):
     assert c.kv.delete("py/b", recurse=True) is True
     _, gone = c.kv.get("py/b/c")
     assert gone is None
+    # An empty body is stored as an empty value, which Consul shows as null.
+    assert c.kv.put("py/empty", "") is True
+    _, empty = c.kv.get("py/empty")
+    assert empty is not None and empty["Value"] is None, empty
 
 
 def check_blocking(c):
@@ -180,11 +187,56 @@ def check_queries(c):
     assert c.query.list() == []
 
 
+def check_health_notes(c):
+    c.agent.service.register("pyhealth", check=consul.Check.ttl("30s"))
+    for verb, note, status in (("ttl_pass", "all good", "passing"),
+                               ("ttl_warn", "slow", "warning"),
+                               ("ttl_fail", "broken", "critical")):
+        getattr(c.agent.check, verb)("service:pyhealth", notes=note)
+        deadline = time.time() + 5
+        while True:
+            _, checks = c.health.checks("pyhealth")
+            _, nodes = c.health.service("pyhealth")
+            in_service = [x["Output"] for x in nodes[0]["Checks"] if x["CheckID"] == "service:pyhealth"]
+            if checks and checks[0]["Output"] == note and checks[0]["Status"] == status and in_service == [note]:
+                break
+            assert time.time() < deadline, (note, checks, nodes)
+            time.sleep(0.05)
+
+
+def check_operator(c):
+    config = c.operator.raft_config()
+    assert len(config["Servers"]) == 1 and config["Servers"][0]["Leader"] is True, config
+    usage = c.operator.usage()
+    dc1 = usage["Usage"]["dc1"]
+    assert dc1["Nodes"] == 1 and dc1["Services"] >= 1, usage
+    assert dc1["BillableServiceInstances"] == dc1["ServiceInstances"] - 1, usage
+    ap = c.operator.autopilot_configuration()
+    assert ap["CleanupDeadServers"] is True and ap["ServerStabilizationTime"] == "10s", ap
+    assert c.operator.update_autopilot_configuration(
+        cleanup_dead_servers=True, server_stabilization_time="5s", cas=ap["ModifyIndex"] + 99) is False
+    assert c.operator.update_autopilot_configuration(
+        cleanup_dead_servers=True, server_stabilization_time="5s", last_contact_threshold="300ms",
+        max_trailing_logs=100, cas=ap["ModifyIndex"]) is True
+    ap2 = c.operator.autopilot_configuration()
+    assert ap2["ServerStabilizationTime"] == "5s" and ap2["MaxTrailingLogs"] == 100, ap2
+    assert ap2["LastContactThreshold"] == "300ms" and ap2["ModifyIndex"] > ap["ModifyIndex"], ap2
+    health = c.operator.autopilot_health()
+    assert health["Healthy"] is True and len(health["Servers"]) == 1, health
+    try:
+        c.operator.raft_transfer_leader()
+        raise AssertionError("a lone server has no one to transfer leadership to")
+    except consul.ConsulException as e:
+        assert "Failed to transfer leadership" in str(e), e
+
+
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else "target/debug/cairn"
     proc, c, log = start_agent(binary)
     try:
-        for check in (check_kv, check_blocking, check_sessions, check_txn, check_queries):
+        checks = (check_kv, check_blocking, check_health_notes, check_sessions, check_txn,
+                  check_queries, check_operator)
+        for check in checks:
             check(c)
             print(f"ok   {check.__name__}")
     except Exception:

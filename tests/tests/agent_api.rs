@@ -25,6 +25,20 @@ async fn self_status_and_metrics() {
     assert_eq!(me["Member"]["Tags"]["role"], "consul");
     assert_eq!(me["Stats"]["consul"]["leader"], "true");
     assert!(me["Stats"]["raft"]["applied_index"].is_string());
+    let mut keys: Vec<&str> = me.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "Config",
+            "Coord",
+            "DebugConfig",
+            "Member",
+            "Meta",
+            "Stats",
+            "xDS"
+        ]
+    );
 
     let leader: String = http
         .get(agent.url("/v1/status/leader"))
@@ -122,4 +136,106 @@ async fn the_wan_address_comes_from_advertise_wan() {
         assert_eq!(me["Stats"]["consul"]["known_datacenters"], "1");
         assert_eq!(me["Stats"]["serf_wan"]["members"], "0");
     }
+}
+
+/// `/v1/operator/usage` counts what is registered; autopilot's settings are stored through
+/// the log on the first leader, read back, and replaced with check-and-set.
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_and_autopilot_configuration() {
+    let agent = Agent::dev().await.unwrap();
+    let http = cairn_tests::http_client();
+    let get = |path: &'static str| {
+        let url = agent.url(path);
+        let http = http.clone();
+        async move { http.get(url).send().await.unwrap() }
+    };
+    let usage: Value = get("/v1/operator/usage").await.json().await.unwrap();
+    assert_eq!(usage["Usage"]["dc1"]["Services"], 1, "{usage}");
+    assert_eq!(usage["Usage"]["dc1"]["BillableServiceInstances"], 0);
+    for (id, port) in [("web-1", 80), ("web-2", 81)] {
+        let r = http
+            .put(agent.url("/v1/agent/service/register"))
+            .json(&serde_json::json!({"ID": id, "Name": "web", "Port": port}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let usage = cairn_tests::eventually(
+        std::time::Duration::from_secs(5),
+        "the instances to be counted",
+        || async {
+            let u: Value = get("/v1/operator/usage").await.json().await.ok()?;
+            (u["Usage"]["dc1"]["ServiceInstances"] == 3).then_some(u)
+        },
+    )
+    .await
+    .unwrap();
+    let dc1 = &usage["Usage"]["dc1"];
+    assert_eq!(dc1["Services"], 2, "{usage}");
+    assert_eq!(dc1["BillableServiceInstances"], 2);
+    assert_eq!(dc1["Nodes"], 1);
+    assert_eq!(dc1["ConnectServiceInstances"]["connect-proxy"], 0);
+    assert_eq!(usage["KnownLeader"], true);
+
+    let r = get("/v1/operator/autopilot/configuration").await;
+    assert_eq!(r.status(), 200);
+    let config: Value = r.json().await.unwrap();
+    assert_eq!(config["CleanupDeadServers"], true, "{config}");
+    assert_eq!(config["LastContactThreshold"], "200ms");
+    assert_eq!(config["MaxTrailingLogs"], 250);
+    assert_eq!(config["ServerStabilizationTime"], "10s");
+    let modify = config["ModifyIndex"].as_u64().unwrap();
+    assert!(modify > 0);
+    let put = |query: String, body: &'static str| {
+        let url = agent.url(&format!("/v1/operator/autopilot/configuration{query}"));
+        let http = http.clone();
+        async move {
+            let r = http.put(url).body(body).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.text().await.unwrap().trim().to_string(),
+            )
+        }
+    };
+    let body = r#"{"CleanupDeadServers": false, "LastContactThreshold": "1s",
+        "MaxTrailingLogs": 10, "ServerStabilizationTime": "3s"}"#;
+    assert_eq!(
+        put(format!("?cas={}", modify + 7), body).await,
+        (200, "false".into())
+    );
+    assert_eq!(
+        put(format!("?cas={modify}"), body).await,
+        (200, "true".into())
+    );
+    let config: Value = get("/v1/operator/autopilot/configuration")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config["CleanupDeadServers"], false, "{config}");
+    assert_eq!(config["ServerStabilizationTime"], "3s");
+    assert_eq!(config["MaxTrailingLogs"], 10);
+    assert!(config["ModifyIndex"].as_u64().unwrap() > modify);
+    assert_eq!(config["CreateIndex"].as_u64().unwrap(), modify);
+    assert_eq!(
+        put("?cas=x".into(), "{}").await,
+        (
+            400,
+            "Error parsing cas value: strconv.ParseUint: parsing \"x\": invalid syntax".into()
+        )
+    );
+    assert_eq!(
+        put(String::new(), r#"{"ServerStabilizationTime": "soon"}"#).await,
+        (
+            400,
+            "Error parsing autopilot config: time: invalid duration \"soon\"".into()
+        )
+    );
+    let r = http
+        .post(agent.url("/v1/operator/raft/transfer-leader"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500, "a dev server has no one to hand over to");
 }

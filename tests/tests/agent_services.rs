@@ -495,3 +495,122 @@ async fn an_http_check_shows_its_default_timeout() {
     assert_eq!(checks["h"]["Timeout"], "10s", "{checks}");
     assert_eq!(checks["h"]["Interval"], "30s", "{checks}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_notes_reach_the_catalog() {
+    let agent = Agent::dev().await.unwrap();
+    let (s, _) = put(
+        &agent,
+        "/v1/agent/service/register",
+        json!({"Name": "db", "Check": {"CheckID": "db-ttl", "TTL": "30s"}}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let catalog_output = |want: &'static str| {
+        let agent = &agent;
+        async move {
+            eventually(Duration::from_secs(5), want, || async {
+                let checks = get(agent, "/v1/health/checks/db").await;
+                let entries = get(agent, "/v1/health/service/db").await;
+                let a = checks[0]["Output"].as_str() == Some(want);
+                let b = entries[0]["Checks"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["Output"] == want));
+                (a && b).then_some(())
+            })
+            .await
+            .unwrap()
+        }
+    };
+    for (verb, note, status) in [
+        ("pass", "all%20good", "passing"),
+        ("warn", "slow", "warning"),
+        ("fail", "broken", "critical"),
+    ] {
+        let r = http_client()
+            .put(agent.url(&format!("/v1/agent/check/{verb}/db-ttl?note={note}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        catalog_output(if verb == "pass" { "all good" } else { note }).await;
+        let h = get(&agent, "/v1/health/checks/db").await;
+        assert_eq!(h[0]["Status"], status, "{h}");
+    }
+    let (s, _) = put(
+        &agent,
+        "/v1/agent/check/update/db-ttl",
+        json!({"Status": "passing", "Output": "recovered"}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    catalog_output("recovered").await;
+}
+
+/// A note that leaves the status as it was waits for `check_update_interval`, as in
+/// Consul (5 minutes by default); at `0s` it goes to the catalog at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn output_only_changes_follow_check_update_interval() {
+    let cfg = std::env::temp_dir().join(format!("cairn-cui-{}.json", std::process::id()));
+    std::fs::write(&cfg, r#"{"check_update_interval": "0s"}"#).unwrap();
+    let agent = Agent::dev_with(&[&format!("-config-file={}", cfg.display())])
+        .await
+        .unwrap();
+    let (s, _) = put(
+        &agent,
+        "/v1/agent/service/register",
+        json!({"Name": "db", "Check": {"CheckID": "db-ttl", "TTL": "30s"}}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    for note in ["broken", "still%20broken"] {
+        let r = http_client()
+            .put(agent.url(&format!("/v1/agent/check/fail/db-ttl?note={note}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let want = note.replace("%20", " ");
+        eventually(
+            Duration::from_secs(5),
+            "the note in the catalog",
+            || async {
+                let h = get(&agent, "/v1/health/checks/db").await;
+                (h[0]["Output"] == want.as_str() && h[0]["Status"] == "critical").then_some(())
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let _ = std::fs::remove_file(&cfg);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http_check_of_the_agent_itself_passes() {
+    let agent = Agent::dev().await.unwrap();
+    let port = agent.http.port();
+    let index = http_client().get(agent.url("/")).send().await.unwrap();
+    assert_eq!(index.status(), 200);
+    assert!(index.text().await.unwrap().contains(&agent.node));
+    let r = http_client()
+        .put(agent.url("/v1/agent/check/register"))
+        .json(
+            &json!({"Name": "self", "HTTP": format!("http://localhost:{port}"), "Interval": "1s"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, output) = eventually(
+        Duration::from_secs(10),
+        "the self check to pass",
+        || async {
+            check_status(&agent, "self")
+                .await
+                .filter(|(s, _)| s == "passing")
+        },
+    )
+    .await
+    .unwrap();
+    assert!(output.contains("200 OK"), "{status}: {output}");
+}

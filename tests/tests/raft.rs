@@ -750,3 +750,149 @@ async fn a_raft_message_from_a_non_server_address_is_refused() {
     let metrics = s.get_json("/v1/agent/metrics").await.to_string();
     assert!(metrics.contains("cairn_rpc_bad_frames_total"), "{metrics}");
 }
+
+/// `transfer-leader` hands leadership to the named voter, or to any, over HTTP and the
+/// CLI; writes go on through the new leader, and a name that is no voter is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leadership_moves_to_the_named_server_on_request() {
+    let c = Cluster::start(3, 120, &[]).await.unwrap();
+    let first = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let target = (first + 1) % 3;
+    let target_id = c.servers[target].get_json("/v1/agent/self").await["Config"]["NodeID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Asked of a follower: the request goes to the leader.
+    let other = (first + 2) % 3;
+    let r = http_client()
+        .post(c.servers[other].url(&format!("/v1/operator/raft/transfer-leader?id={target_id}")))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    if status != 200 {
+        for s in &c.servers {
+            eprintln!("=== {}\n{}", s.node, s.log_text());
+        }
+    }
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body, serde_json::json!({"Success": true}));
+    let now = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(now, target, "leadership went to the named server");
+    assert_eq!(
+        put(&c.servers[first].addr(), "moved", "1").await,
+        Some(true)
+    );
+
+    // Without an ID, through the CLI: someone else takes over.
+    let out = c.servers[now].run_cli(&["operator", "raft", "transfer-leader"]);
+    if !out.status.success() {
+        for s in &c.servers {
+            eprintln!("=== {}\n{}", s.node, s.log_text());
+        }
+    }
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out).trim(), "Success");
+    let after = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+    assert_ne!(after, now);
+
+    let r = http_client()
+        .post(c.servers[0].url("/v1/operator/raft/transfer-leader?id=nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "Failed to transfer leadership: cannot find peer nope"
+    );
+    let r = http_client()
+        .get(c.servers[0].url("/v1/operator/raft/transfer-leader"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+}
+
+/// Autopilot follows the settings stored through `/v1/operator/autopilot/configuration`:
+/// with promotion held back by the config file, the stored `ServerStabilizationTime` and
+/// `CleanupDeadServers` let a new server replace a crashed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn autopilot_follows_its_stored_configuration() {
+    let cfg = std::env::temp_dir().join(format!("cairn-ap-{}.json", std::process::id()));
+    std::fs::write(
+        &cfg,
+        r#"{"autopilot": {"server_stabilization_time": "1h"}}"#,
+    )
+    .unwrap();
+    let cfg_arg = format!("-config-file={}", cfg.display());
+    let mut c = Cluster::start(3, 124, &[cfg_arg.as_str()]).await.unwrap();
+    let l = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let stored = c.servers[l]
+        .get_json("/v1/operator/autopilot/configuration")
+        .await;
+    assert_eq!(stored["ServerStabilizationTime"], "1h0m0s", "{stored}");
+    let body = r#"{"CleanupDeadServers": true, "LastContactThreshold": "200ms",
+        "MaxTrailingLogs": 250, "ServerStabilizationTime": "1s"}"#;
+    let r = http_client()
+        .put(c.servers[(l + 1) % 3].url("/v1/operator/autopilot/configuration"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let victim = (l + 1) % 3;
+    let victim_name = c.servers[victim].node.clone();
+    c.servers[victim].kill9();
+    // A failed server alone keeps its seat (it may restart); a replacement takes it.
+    eventually(
+        Duration::from_secs(30),
+        "the crash to be noticed",
+        || async {
+            let members = c.servers[l].get_json("/v1/agent/members").await;
+            members
+                .as_array()?
+                .iter()
+                .any(|m| m["Name"] == victim_name.as_str() && m["Status"] == 4)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(configuration(&c.servers[l]).await.0.len(), 3);
+    let _fourth = AgentOpts::default()
+        .server()
+        .ip(std::net::Ipv4Addr::new(127, 0, 0, 127))
+        .node("s127")
+        .arg(format!("-retry-join={}", c.servers[l].serf))
+        .arg(cfg_arg.clone())
+        .start()
+        .await
+        .unwrap();
+    let voters = eventually(
+        Duration::from_secs(60),
+        "the new server to replace the crashed one",
+        || async {
+            let (v, o) = configuration(&c.servers[l]).await;
+            (v.len() == 3 && v.contains(&"s127".to_string()) && o.is_empty()).then_some(v)
+        },
+    )
+    .await;
+    if voters.is_err() {
+        eprintln!("{:?}", configuration(&c.servers[l]).await);
+        eprintln!(
+            "{}",
+            c.servers[l]
+                .get_json("/v1/operator/autopilot/configuration")
+                .await
+        );
+        eprintln!("{}", c.servers[l].get_json("/v1/agent/members").await);
+        eprintln!("{}", c.servers[l].log_text());
+    }
+    let voters = voters.unwrap();
+    assert!(!voters.contains(&victim_name), "{voters:?}");
+    let _ = std::fs::remove_file(&cfg);
+}

@@ -24,7 +24,8 @@ pub mod watch;
 use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_shared::api::{
-    CoordinateEntry, HealthCheck, KvPair, Node, NodeService, PreparedQuery, Session,
+    AutopilotConfig, CoordinateEntry, HealthCheck, KvPair, Node, NodeService, PreparedQuery,
+    Session,
 };
 use cairn_shared::coordinate::Coordinate;
 use cairn_shared::rpc::{RpcError, WriteOp, WriteResult};
@@ -83,6 +84,7 @@ pub enum Table {
     Sessions,
     Coordinates,
     PreparedQueries,
+    Autopilot,
 }
 
 /// Entry counts per kind.
@@ -162,6 +164,9 @@ pub struct Store {
     /// The last restore committed, so a retried commit of it succeeds without redoing it.
     #[serde(default)]
     last_restore: Option<String>,
+    /// Autopilot's settings, once a leader stored them.
+    #[serde(default)]
+    autopilot: Option<AutopilotConfig>,
     #[serde(skip)]
     journal: Option<Vec<Undo>>,
     #[serde(skip)]
@@ -286,11 +291,23 @@ impl Store {
             WriteOp::CoordinateUpdate(_) => Err(RpcError::internal(
                 "invariant: coordinate updates are batched by the server before the log",
             )),
-            WriteOp::RaftRemovePeer { .. } => Err(RpcError::internal(
-                "invariant: peer removal is a Raft configuration change, not a command",
-            )),
+            WriteOp::RaftRemovePeer { .. } | WriteOp::RaftTransferLeader { .. } => Err(
+                RpcError::internal("invariant: Raft configuration changes are not commands"),
+            ),
             WriteOp::PreparedQuery { op, query } => {
                 self.atomically(|s| s.query_apply(idx, *op, query))
+            }
+            WriteOp::AutopilotSetConfig { config, cas } => {
+                let current = self.autopilot.as_ref();
+                if cas.is_some_and(|c| c != current.map_or(0, |a| a.modify_index)) {
+                    return Ok(WriteResult::Bool(false));
+                }
+                let mut next = config.clone();
+                next.create_index = current.map_or(idx, |a| a.create_index);
+                next.modify_index = idx;
+                self.autopilot = Some(next);
+                self.bump(Table::Autopilot, idx);
+                Ok(WriteResult::Bool(true))
             }
             WriteOp::SnapshotUpload { .. } => Err(RpcError::internal(
                 "invariant: snapshot uploads are gathered by the leader, not logged",
@@ -312,6 +329,7 @@ impl Store {
             Table::Sessions,
             Table::Coordinates,
             Table::PreparedQueries,
+            Table::Autopilot,
         ] {
             self.table_index.insert(t, idx);
         }
@@ -345,6 +363,11 @@ impl Store {
 
     pub fn session(&self, id: &str) -> Option<&Session> {
         self.sessions.get(id)
+    }
+
+    /// Autopilot's settings, if a leader stored them.
+    pub fn autopilot_config(&self) -> Option<&AutopilotConfig> {
+        self.autopilot.as_ref()
     }
 
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::watch::WatchKey;
 use super::{Store, Table};
+use crate::filter::fields::{self, Fields};
 use crate::filter::{self, Filter};
 
 /// A [`Select`] made ready to apply: tags lower-cased, the filter parsed.
@@ -22,13 +23,13 @@ pub(crate) struct Selector {
 }
 
 impl Selector {
-    pub(crate) fn new(select: &Select) -> Result<Self, RpcError> {
+    pub(crate) fn new(select: &Select, fields: &Fields) -> Result<Self, RpcError> {
         let filter = if select.filter.trim().is_empty() {
             None
         } else {
             // Consul answers a bad filter with a 500 carrying go-bexpr's message.
             Some(
-                filter::parse(&select.filter)
+                filter::parse_for(&select.filter, fields)
                     .map_err(|e| RpcError::internal(e.consul_message()))?,
             )
         };
@@ -102,7 +103,7 @@ impl Store {
             ),
             Query::TxnRead(ops) => (self.kv_table_index(), QueryResult::Txn(self.txn_read(ops))),
             Query::CatalogNodes { select } => {
-                let sel = Selector::new(select)?;
+                let sel = Selector::new(select, &fields::NODES)?;
                 let nodes = self
                     .nodes
                     .values()
@@ -112,7 +113,7 @@ impl Store {
                 (self.table(Table::Nodes), QueryResult::Nodes(nodes))
             }
             Query::CatalogServices { select } => {
-                let sel = Selector::new(select)?;
+                let sel = Selector::new(select, &fields::SERVICE_NODES)?;
                 let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
                 for ((node, _), svc) in &self.services {
                     let Some(n) = self.nodes.get(node) else {
@@ -132,7 +133,7 @@ impl Store {
                 (self.table(Table::Services), QueryResult::ServiceTags(out))
             }
             Query::CatalogService { service, select } => {
-                let sel = Selector::new(select)?;
+                let sel = Selector::new(select, &fields::SERVICE_NODES)?;
                 let list = self
                     .instances(service)
                     .filter(|(n, s)| sel.node(n) && sel.tags(&s.tags))
@@ -145,7 +146,7 @@ impl Store {
                 )
             }
             Query::CatalogNode { node, select } => {
-                let sel = Selector::new(select)?;
+                let sel = Selector::new(select, &fields::NODE_SERVICES)?;
                 let found = self.node_named(node).map(|n| NodeServices {
                     node: n.clone(),
                     services: self
@@ -160,7 +161,7 @@ impl Store {
                 )
             }
             Query::CatalogNodeServices { node, select } => {
-                let sel = Selector::new(select)?;
+                let sel = Selector::new(select, &fields::NODE_SERVICES)?;
                 let found = self.nodes.get(node).map(|n| NodeServiceList {
                     node: n.clone(),
                     services: self
@@ -175,7 +176,7 @@ impl Store {
                 )
             }
             Query::HealthNode { node, select } => {
-                let sel = Selector::new(select)?;
+                let sel = Selector::new(select, &fields::CHECKS)?;
                 let checks = self
                     .checks_on(node)
                     .filter(|c| sel.keep(c))
@@ -187,7 +188,7 @@ impl Store {
                 )
             }
             Query::HealthChecks { service, select } => {
-                let sel = Selector::new(select)?;
+                let sel = Selector::new(select, &fields::CHECKS)?;
                 let mut checks = Vec::new();
                 for (n, s) in self.instances(service) {
                     if !sel.node(n) {
@@ -209,7 +210,7 @@ impl Store {
                 passing,
                 select,
             } => {
-                let sel = Selector::new(select)?;
+                let sel = Selector::new(select, &fields::SERVICE_HEALTH)?;
                 let entries = self
                     .instances(service)
                     .filter(|(n, s)| sel.node(n) && sel.tags(&s.tags))
@@ -225,7 +226,7 @@ impl Store {
                 )
             }
             Query::HealthState { state, select } => {
-                let sel = Selector::new(select)?;
+                let sel = Selector::new(select, &fields::CHECKS)?;
                 let checks = self
                     .checks
                     .values()
@@ -262,6 +263,30 @@ impl Store {
                         .into_iter()
                         .collect(),
                 ),
+            ),
+            Query::Usage => {
+                let names: BTreeSet<&str> =
+                    self.services.values().map(|s| s.service.as_str()).collect();
+                let instances = self.services.len() as u64;
+                let consul = self
+                    .services
+                    .values()
+                    .filter(|s| s.service == "consul")
+                    .count() as u64;
+                let usage = cairn_shared::rpc::Usage {
+                    services: names.len() as u64,
+                    service_instances: instances,
+                    billable_service_instances: instances - consul,
+                    nodes: self.nodes.len() as u64,
+                };
+                (
+                    self.table(Table::Services).max(self.table(Table::Nodes)),
+                    QueryResult::Usage(usage),
+                )
+            }
+            Query::AutopilotConfiguration => (
+                self.table(Table::Autopilot),
+                QueryResult::AutopilotConfiguration(self.autopilot.clone()),
             ),
             Query::PreparedQueries => (
                 self.table(Table::PreparedQueries),
@@ -354,6 +379,11 @@ impl Store {
                 vec![WatchKey::Table(Table::Sessions)]
             }
             Query::CatalogNodes { .. } => vec![WatchKey::Table(Table::Nodes)],
+            Query::Usage => vec![
+                WatchKey::Table(Table::Nodes),
+                WatchKey::Table(Table::Services),
+            ],
+            Query::AutopilotConfiguration => vec![WatchKey::Table(Table::Autopilot)],
             Query::CatalogServices { .. } => vec![WatchKey::Table(Table::Services)],
             Query::CatalogService { service, .. }
             | Query::HealthChecks { service, .. }

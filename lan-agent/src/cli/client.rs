@@ -186,6 +186,10 @@ impl Client {
         self.call(Method::PUT, path, query, Some(body)).await
     }
 
+    pub async fn post(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Reply> {
+        self.call(Method::POST, path, query, None).await
+    }
+
     pub async fn delete(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Reply> {
         self.call(Method::DELETE, path, query, None).await
     }

@@ -1,4 +1,5 @@
-//! `cairn operator raft list-peers|remove-peer` and `cairn snapshot save|restore|inspect`.
+//! `cairn operator raft list-peers|remove-peer|transfer-leader`, `cairn operator usage
+//! instances` and `cairn snapshot save|restore|inspect`.
 
 use clap::{Args, Subcommand};
 use reqwest::Method;
@@ -21,6 +22,17 @@ pub enum RaftCommand {
     ListPeers(ListPeersArgs),
     /// Remove a server from the Raft configuration
     RemovePeer(RemovePeerArgs),
+    /// Hand leadership to another voter
+    TransferLeader(TransferLeaderArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TransferLeaderArgs {
+    #[command(flatten)]
+    http: HttpFlags,
+    /// The node ID of the server to take over (any up-to-date voter when absent)
+    #[arg(long)]
+    id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -45,6 +57,7 @@ pub async fn run(cmd: OperatorCommand) -> u8 {
     let result = match cmd {
         OperatorCommand::Raft(RaftCommand::ListPeers(a)) => list_peers(a).await,
         OperatorCommand::Raft(RaftCommand::RemovePeer(a)) => remove_peer(a).await,
+        OperatorCommand::Raft(RaftCommand::TransferLeader(a)) => transfer_leader(a).await,
     };
     result.unwrap_or_else(|e| fail(format!("Error: {e:#}")))
 }
@@ -118,6 +131,22 @@ async fn remove_peer(a: RemovePeerArgs) -> anyhow::Result<u8> {
         return Ok(fail(format!("Error removing peer: {}", reply.text())));
     }
     println!("Removed peer with {key} \"{value}\"");
+    Ok(0)
+}
+
+async fn transfer_leader(a: TransferLeaderArgs) -> anyhow::Result<u8> {
+    let client = Client::new(&a.http)?;
+    let query: Vec<(&str, String)> = a.id.iter().map(|id| ("id", id.clone())).collect();
+    let reply = client
+        .post("/v1/operator/raft/transfer-leader", &query)
+        .await?;
+    if !reply.status.is_success() {
+        return Ok(fail(format!(
+            "Error transferring leadership: {}",
+            reply.text()
+        )));
+    }
+    println!("Success");
     Ok(0)
 }
 

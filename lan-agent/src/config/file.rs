@@ -90,6 +90,7 @@ pub struct AutopilotFile {
     pub cleanup_dead_servers: Option<bool>,
     pub last_contact_threshold: Option<String>,
     pub max_trailing_logs: Option<u64>,
+    pub min_quorum: Option<u64>,
     pub server_stabilization_time: Option<String>,
 }
 
@@ -335,8 +336,26 @@ impl FileConfig {
         if let Some(n) = self.raft_snapshot_threshold {
             c.raft_snapshot_threshold = n.max(1);
         }
-        if let Some(t) = self.autopilot.and_then(|a| a.server_stabilization_time) {
-            c.server_stabilization_time = dur("autopilot.server_stabilization_time", &t)?;
+        if let Some(a) = self.autopilot {
+            let ap = &mut c.autopilot;
+            if let Some(t) = a.server_stabilization_time {
+                c.server_stabilization_time = dur("autopilot.server_stabilization_time", &t)?;
+                ap.server_stabilization_time =
+                    cairn_shared::duration::format(c.server_stabilization_time);
+            }
+            if let Some(t) = a.last_contact_threshold {
+                let d = dur("autopilot.last_contact_threshold", &t)?;
+                ap.last_contact_threshold = cairn_shared::duration::format(d);
+            }
+            if let Some(b) = a.cleanup_dead_servers {
+                ap.cleanup_dead_servers = b;
+            }
+            if let Some(n) = a.max_trailing_logs {
+                ap.max_trailing_logs = n;
+            }
+            if let Some(n) = a.min_quorum {
+                ap.min_quorum = n;
+            }
         }
         if self.advertise_addr.is_some() {
             c.advertise_addr = self.advertise_addr;

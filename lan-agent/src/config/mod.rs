@@ -142,6 +142,8 @@ pub struct Config {
     /// `autopilot.server_stabilization_time`: how long a new server must be healthy before
     /// it may vote.
     pub server_stabilization_time: Duration,
+    /// The `autopilot` block: what the first leader stores as autopilot's settings.
+    pub autopilot: cairn_shared::api::AutopilotConfig,
     pub bind_addr: IpAddr,
     pub advertise_addr: Option<IpAddr>,
     /// `advertise_addr_wan` / `-advertise-wan`: the node's `wan` tagged address.
@@ -206,6 +208,7 @@ impl Default for Config {
             raft_multiplier: 5,
             raft_snapshot_threshold: 16_384,
             server_stabilization_time: Duration::from_secs(10),
+            autopilot: Default::default(),
             bind_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             advertise_addr: None,
             advertise_addr_wan: None,

@@ -44,6 +44,8 @@ async fn agent_self(State(st): State<HttpState>, req: Request) -> ApiResult {
         "Member": member,
         "Stats": (st.stats.0)(),
         "Meta": info.node_meta,
+        // Consul's xDS server feeds Envoy sidecars; Cairn runs no service mesh.
+        "xDS": null,
     });
     Ok(json(&st, &params, StatusCode::OK, &body))
 }

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
 use super::{HttpState, Params, json, methods, path_tail};
+use crate::filter::fields::{self, Fields};
 use crate::local::definition::{CheckType, ServiceDefinition};
 use crate::local::state::Source;
 use crate::local::{LocalError, NODE_MAINT_ID, SERVICE_MAINT_PREFIX};
@@ -81,9 +82,14 @@ fn ok() -> ApiResult {
     Ok(StatusCode::OK.into_response())
 }
 
-fn filtered<T: serde::Serialize>(params: &Params, items: Vec<(String, T)>) -> ApiResult2<T> {
+fn filtered<T: serde::Serialize>(
+    params: &Params,
+    fields: &Fields,
+    items: Vec<(String, T)>,
+) -> ApiResult2<T> {
     let expr = params.get("filter").unwrap_or_default();
-    let filter = crate::filter::parse(expr).map_err(|e| ApiError::internal(e.consul_message()))?;
+    let filter = crate::filter::parse_for(expr, fields)
+        .map_err(|e| ApiError::internal(e.consul_message()))?;
     Ok(items
         .into_iter()
         .filter(|(_, v)| serde_json::to_value(v).is_ok_and(|j| filter.matches(&j)))
@@ -102,7 +108,7 @@ async fn services(State(st): State<HttpState>, uri: Uri) -> ApiResult {
         .into_iter()
         .map(|s| (s.service.id.clone(), AgentService::new(&s.service, dc)))
         .collect();
-    let map = filtered(&params, items)?;
+    let map = filtered(&params, &fields::AGENT_SERVICES, items)?;
     Ok(json(&st, &params, StatusCode::OK, &map))
 }
 
@@ -115,7 +121,7 @@ async fn checks(State(st): State<HttpState>, uri: Uri) -> ApiResult {
         .into_iter()
         .map(|c| (c.check.check_id.clone(), c.check))
         .collect();
-    let map = filtered(&params, items)?;
+    let map = filtered(&params, &fields::CHECKS, items)?;
     Ok(json(&st, &params, StatusCode::OK, &map))
 }
 

@@ -69,7 +69,8 @@ fn member_json_parts(
 async fn members(State(st): State<HttpState>, uri: Uri) -> ApiResult {
     let params = Params::parse(uri.query());
     let expr = params.get("filter").unwrap_or_default();
-    let filter = crate::filter::parse(expr).map_err(|e| ApiError::internal(e.consul_message()))?;
+    let filter = crate::filter::parse_for(expr, &crate::filter::fields::MEMBERS)
+        .map_err(|e| ApiError::internal(e.consul_message()))?;
     // The WAN pool is the routers'; a server asks one, a client is in no WAN pool (Consul
     // answers an empty list there too).
     let list: Vec<Value> = if params.has("wan") {

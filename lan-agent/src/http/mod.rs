@@ -32,11 +32,11 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::MethodRouter;
+use axum::routing::{MethodRouter, get};
 use cairn_shared::rpc::{Query, QueryMeta, QueryResult, ReadRequest, ReadResponse};
 use serde::Serialize;
 
@@ -120,6 +120,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(members::router())
         .merge(operator::router())
         .merge(query::router())
+        .route("/", methods(get(index), "GET"))
         .fallback(unknown_path)
         .layer(middleware::from_fn(consul_rules))
         .with_state(state)
@@ -149,6 +150,33 @@ pub(crate) fn methods(
                     .into_response()
             }
         })
+}
+
+/// `GET /`: Consul redirects to its UI; until Cairn has one, a small page that answers 200,
+/// so an HTTP check pointed at the agent itself passes as it does on Consul.
+async fn index(State(st): State<HttpState>) -> Response {
+    let info = &st.info;
+    let body = format!(
+        "<!doctype html>\n<title>Cairn {node}</title>\n<h1>Cairn agent {node}</h1>\n\
+         <p>Datacenter {dc}, version {version}. The web UI is not part of this build; \
+         the HTTP API is under <a href=\"/v1/agent/self\">/v1/</a>.</p>\n",
+        node = html_escape(&info.node_name),
+        dc = html_escape(&info.datacenter),
+        version = crate::version::VERSION,
+    );
+    (
+        StatusCode::OK,
+        [("content-type", "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 async fn unknown_path(req: Request) -> Response {

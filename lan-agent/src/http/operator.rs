@@ -6,7 +6,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use cairn_shared::rpc::{
     Query, QueryResult, ReadRequest, RpcError, SNAPSHOT_PART, WriteOp, WriteRequest,
 };
@@ -31,6 +31,18 @@ pub(super) fn router() -> Router<HttpState> {
         .route(
             "/v1/operator/autopilot/health",
             methods(get(autopilot_health), "GET"),
+        )
+        .route("/v1/operator/usage", methods(get(usage), "GET"))
+        .route(
+            "/v1/operator/autopilot/configuration",
+            methods(
+                get(autopilot_configuration).put(set_autopilot_configuration),
+                "GET,PUT",
+            ),
+        )
+        .route(
+            "/v1/operator/raft/transfer-leader",
+            methods(post(transfer_leader), "POST"),
         )
         .route(
             "/v1/snapshot",
@@ -62,17 +74,188 @@ async fn autopilot_health(State(st): State<HttpState>, uri: Uri, headers: Header
     }
 }
 
+/// `/v1/operator/usage[?global]`: counts per datacenter, the query meta repeated in the body
+/// as Consul's `structs.Usage` response carries it.
+async fn usage(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    let (params, resp) = read(&st, &uri, &headers, Query::Usage).await?;
+    let options = params.query_options(&headers)?;
+    let here = if options.datacenter.is_empty() {
+        st.info.datacenter.clone()
+    } else {
+        options.datacenter.clone()
+    };
+    let mut per_dc = serde_json::Map::new();
+    let mut add = |dc: &str, result: &QueryResult| match result {
+        QueryResult::Usage(u) => {
+            per_dc.insert(
+                dc.to_string(),
+                serde_json::json!({
+                    "Services": u.services,
+                    "ServiceInstances": u.service_instances,
+                    "ConnectServiceInstances": {
+                        "api-gateway": 0, "connect-native": 0, "connect-proxy": 0,
+                        "ingress-gateway": 0, "mesh-gateway": 0, "terminating-gateway": 0,
+                    },
+                    "BillableServiceInstances": u.billable_service_instances,
+                    "Nodes": u.nodes,
+                }),
+            );
+            Ok(())
+        }
+        other => Err(unexpected("a usage read", other)),
+    };
+    add(&here, &resp.result)?;
+    if params.has("global") {
+        let dcs = match st
+            .rpc
+            .read(ReadRequest {
+                query: Query::Datacenters,
+                options: Default::default(),
+            })
+            .await?
+            .result
+        {
+            QueryResult::Datacenters(d) => d,
+            other => return Err(unexpected("a datacenter list", &other)),
+        };
+        for dc in dcs.iter().filter(|d| **d != here) {
+            let mut o = options.clone();
+            o.datacenter = dc.clone();
+            o.min_index = 0;
+            let r = st
+                .rpc
+                .read(ReadRequest {
+                    query: Query::Usage,
+                    options: o,
+                })
+                .await?;
+            add(dc, &r.result)?;
+        }
+    }
+    let m = &resp.meta;
+    let body = serde_json::json!({
+        "Usage": per_dc,
+        "Index": m.index,
+        "LastContact": m.last_contact_ms * 1_000_000,
+        "KnownLeader": m.known_leader,
+        "ConsistencyLevel": m.consistency.header_value(),
+        "NotModified": false,
+        "Backend": 0,
+        "ResultsFilteredByACLs": false,
+    });
+    Ok(query_json(&st, &params, m, &body))
+}
+
+async fn transfer_leader(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    let params = Params::parse(uri.query());
+    let options = params.query_options(&headers)?;
+    let id = params.value("id").map(str::to_string);
+    st.rpc
+        .write(WriteRequest {
+            datacenter: options.datacenter,
+            token: options.token,
+            op: WriteOp::RaftTransferLeader { id },
+        })
+        .await?;
+    Ok(json(
+        &st,
+        &params,
+        StatusCode::OK,
+        &serde_json::json!({"Success": true}),
+    ))
+}
+
+async fn autopilot_configuration(
+    State(st): State<HttpState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult {
+    let (params, resp) = read(&st, &uri, &headers, Query::AutopilotConfiguration).await?;
+    match &resp.result {
+        QueryResult::AutopilotConfiguration(Some(c)) => Ok(query_json(&st, &params, &resp.meta, c)),
+        QueryResult::AutopilotConfiguration(None) => Err(ApiError::internal(
+            "autopilot configuration not initialized yet",
+        )),
+        other => Err(unexpected("an autopilot configuration read", other)),
+    }
+}
+
+/// A PUT body: Go's decoder leaves what is absent at zero, and durations are Go strings
+/// or nanoseconds.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct AutopilotBody {
+    cleanup_dead_servers: bool,
+    last_contact_threshold: serde_json::Value,
+    max_trailing_logs: u64,
+    min_quorum: u64,
+    server_stabilization_time: serde_json::Value,
+    redundancy_zone_tag: String,
+    disable_upgrade_migration: bool,
+    upgrade_version_tag: String,
+}
+
+fn body_duration(v: &serde_json::Value) -> Result<String, ApiError> {
+    let bad = |e: String| ApiError::bad_request(format!("Error parsing autopilot config: {e}"));
+    let d = match v {
+        serde_json::Value::Null => std::time::Duration::ZERO,
+        serde_json::Value::String(s) => {
+            cairn_shared::duration::parse(s).map_err(|e| bad(e.to_string()))?
+        }
+        serde_json::Value::Number(n) => std::time::Duration::from_nanos(
+            n.as_u64().ok_or_else(|| bad(format!("bad duration {n}")))?,
+        ),
+        other => return Err(bad(format!("bad duration {other}"))),
+    };
+    Ok(cairn_shared::duration::format(d))
+}
+
+async fn set_autopilot_configuration(State(st): State<HttpState>, req: Request) -> ApiResult {
+    let params = Params::parse(req.uri().query());
+    let options = params.query_options(req.headers())?;
+    let cas = match params.get("cas") {
+        None => None,
+        Some(v) => Some(v.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "Error parsing cas value: strconv.ParseUint: parsing {v:?}: invalid syntax"
+            ))
+        })?),
+    };
+    let body: AutopilotBody = super::decode_json_body(req, st.limits.txn_max_req_len)
+        .await
+        .map_err(|e| {
+            ApiError::bad_request(format!("Error parsing autopilot config: {}", e.message))
+        })?;
+    let config = cairn_shared::api::AutopilotConfig {
+        cleanup_dead_servers: body.cleanup_dead_servers,
+        last_contact_threshold: body_duration(&body.last_contact_threshold)?,
+        max_trailing_logs: body.max_trailing_logs,
+        min_quorum: body.min_quorum,
+        server_stabilization_time: body_duration(&body.server_stabilization_time)?,
+        redundancy_zone_tag: body.redundancy_zone_tag,
+        disable_upgrade_migration: body.disable_upgrade_migration,
+        upgrade_version_tag: body.upgrade_version_tag,
+        create_index: 0,
+        modify_index: 0,
+    };
+    let applied = st
+        .rpc
+        .write(WriteRequest {
+            datacenter: options.datacenter,
+            token: options.token,
+            op: WriteOp::AutopilotSetConfig { config, cas },
+        })
+        .await?;
+    // Consul answers a write without `?cas` with `true` whatever happened.
+    let ok = cas.is_none() || matches!(applied, cairn_shared::rpc::WriteResult::Bool(true));
+    Ok(json(&st, &params, StatusCode::OK, &ok))
+}
+
 async fn remove_peer(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
     let params = Params::parse(uri.query());
     let options = params.query_options(&headers)?;
-    let id = params
-        .get("id")
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
-    let address = params
-        .get("address")
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
+    let id = params.value("id").map(str::to_string);
+    let address = params.value("address").map(str::to_string);
     if id.is_some() == address.is_some() {
         return Err(ApiError::bad_request(
             "Must specify either ?id with the server's ID or ?address with IP:port of peer to remove",

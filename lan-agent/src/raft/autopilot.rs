@@ -5,7 +5,11 @@
 //! cluster with all of them, after asking each that none already belongs to a cluster, so
 //! a rebuilt server never starts a second cluster. Once formed, the leader (autopilot):
 //! adds servers it sees in gossip as learners, promotes them to voters once they have kept
-//! up for the stabilisation time, and removes servers that left the pool.
+//! up for the stabilisation time, and removes servers that left the pool. With
+//! `CleanupDeadServers` it also removes failed voters once a healthy server waits to take
+//! a place, never below a quorum of the voters or `MinQuorum`; a failed server alone is
+//! kept, since a crashed server that restarts should find its seat.
+//! The settings come from the log (`/v1/operator/autopilot/configuration`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -20,8 +24,6 @@ use crate::gossip::{Gossip, MemberStatus};
 use crate::rpc::RpcClient;
 
 const TICK: Duration = Duration::from_secs(1);
-/// A learner within this many entries of the leader counts as caught up.
-const MAX_LAG: u64 = 256;
 
 /// A server of this datacenter as gossip sees it.
 #[derive(Debug, Clone)]
@@ -198,6 +200,43 @@ async fn manage(
         return;
     }
 
+    let ap = c.autopilot_config();
+    if ap.cleanup_dead_servers {
+        let voters: Vec<NodeId> = in_config
+            .iter()
+            .filter(|(_, (_, voter))| *voter)
+            .map(|(id, _)| *id)
+            .collect();
+        let failed: Vec<NodeId> = voters
+            .iter()
+            .filter(|id| **id != c.id())
+            .filter(|id| {
+                seen.get(id)
+                    .is_some_and(|s| s.status == MemberStatus::Failed)
+            })
+            .copied()
+            .collect();
+        let waiting = seen.values().any(|s| {
+            s.status == MemberStatus::Alive && !in_config.get(&s.id).is_some_and(|(_, v)| *v)
+        });
+        let keep = (ap.min_quorum as usize).max(voters.len() / 2 + 1);
+        let remove: BTreeSet<NodeId> = failed
+            .into_iter()
+            .take(voters.len().saturating_sub(keep))
+            .collect();
+        if waiting && !remove.is_empty() {
+            tracing::info!(?remove, "removing failed servers a new server can replace");
+            if let Err(e) = c
+                .raft
+                .change_membership(ChangeMembers::RemoveVoters(remove), false)
+                .await
+            {
+                tracing::warn!(error = %e, "removing failed servers failed");
+            }
+            return;
+        }
+    }
+
     let now = Instant::now();
     healthy_since.retain(|id, _| {
         seen.get(id)
@@ -220,7 +259,7 @@ async fn manage(
             .replication
             .as_ref()
             .and_then(|r| r.get(id).cloned().flatten())
-            .is_some_and(|m| m.index + MAX_LAG >= last)
+            .is_some_and(|m| m.index + ap.max_trailing_logs >= last)
     };
     let promote: BTreeSet<NodeId> = in_config
         .iter()
@@ -228,7 +267,7 @@ async fn manage(
         .filter(|(id, _)| {
             healthy_since
                 .get(id)
-                .is_some_and(|t| now.duration_since(*t) >= c.settings.stabilization)
+                .is_some_and(|t| now.duration_since(*t) >= ap.stabilization)
         })
         .map(|(id, _)| *id)
         .collect();

@@ -110,6 +110,8 @@ pub enum RaftMsg {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// Whether the receiver already belongs to a cluster (asked before bootstrapping).
     Status,
+    /// From the leader handing over: start an election now.
+    TimeoutNow,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -121,6 +123,8 @@ pub enum RaftReply {
         cluster_id: Option<String>,
         voters: usize,
     },
+    /// The election a [`RaftMsg::TimeoutNow`] asked for has started.
+    ElectionStarted,
 }
 
 /// How a server's Raft is set up.
@@ -139,6 +143,15 @@ pub struct RaftSettings {
     /// Entries between snapshots (`raft_snapshot_threshold`).
     pub snapshot_threshold: u64,
     /// How long a new server must stay healthy before it becomes a voter.
+    pub stabilization: Duration,
+}
+
+/// The autopilot settings the leader acts on.
+#[derive(Debug, Clone, Copy)]
+pub struct Autopilot {
+    pub cleanup_dead_servers: bool,
+    pub max_trailing_logs: u64,
+    pub min_quorum: u64,
     pub stabilization: Duration,
 }
 
@@ -182,7 +195,7 @@ pub async fn start(
         .map_err(RaftStartError::Storage)?;
     let snapshots = SnapshotDir::open(dir.join("snapshots"))
         .map_err(|e| RaftStartError::Storage(format!("{}: {e}", dir.display())))?;
-    let sm = StateMachine::open(state, snapshots, &settings.datacenter)
+    let sm = StateMachine::open(state.clone(), snapshots, &settings.datacenter)
         .map_err(RaftStartError::Storage)?;
     let cluster_id: Option<String> = log
         .meta_get("cluster_id")
@@ -244,6 +257,7 @@ pub async fn start(
         node,
         shared,
         settings,
+        state,
         leader_rx,
         batcher,
         read_index,
@@ -313,6 +327,8 @@ pub struct RaftConsensus {
     pub node: RaftNode,
     pub shared: Arc<Shared>,
     pub settings: RaftSettings,
+    /// The applied state, for the settings autopilot keeps in it.
+    state: Arc<StateStore>,
     leader_rx: watch::Receiver<bool>,
     batcher: batch::Batcher,
     /// Gathers `?consistent` reads behind shared leadership confirmations.
@@ -344,8 +360,72 @@ pub fn no_leader() -> RpcError {
 }
 
 impl RaftConsensus {
+    /// Tells `target` to stand for election and waits until it leads (a few tries).
+    async fn hand_over(
+        &self,
+        target: NodeId,
+        addr: SocketAddr,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<(), String> {
+        let client = crate::rpc::RpcClient::from_ip(self.settings.advertise.ip());
+        let mut metrics = self.raft.metrics();
+        for _ in 0..3 {
+            tokio::time::sleep(lease).await;
+            let leader = metrics.borrow().current_leader;
+            if leader == Some(target) {
+                return Ok(());
+            }
+            if leader != Some(self.id()) {
+                // Someone else took over meanwhile; only its leader can try again.
+                return Err(format!("lost the election (leader now {leader:?})"));
+            }
+            match network::send(&client, &self.shared, addr, RaftMsg::TimeoutNow, wait).await {
+                Ok(RaftReply::ElectionStarted) => {}
+                other => return Err(format!("did not start an election: {other:?}")),
+            }
+            let _ = tokio::time::timeout(lease * 2, async {
+                loop {
+                    let leader = metrics.borrow_and_update().current_leader;
+                    if leader.is_some() && leader != Some(self.id()) {
+                        return;
+                    }
+                    if metrics.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await;
+            if metrics.borrow().current_leader == Some(target) {
+                return Ok(());
+            }
+        }
+        Err("did not take over".into())
+    }
+
     pub fn id(&self) -> NodeId {
         self.shared.id
+    }
+
+    /// Autopilot's settings as stored through the log, or the configured ones before a
+    /// leader stored them.
+    pub fn autopilot_config(&self) -> Autopilot {
+        let stored = self.state.read(|s| s.autopilot_config().cloned());
+        let Some(c) = stored else {
+            return Autopilot {
+                cleanup_dead_servers: true,
+                max_trailing_logs: 250,
+                min_quorum: 0,
+                stabilization: self.settings.stabilization,
+            };
+        };
+        Autopilot {
+            cleanup_dead_servers: c.cleanup_dead_servers,
+            max_trailing_logs: c.max_trailing_logs,
+            min_quorum: c.min_quorum,
+            stabilization: cairn_shared::duration::parse(&c.server_stabilization_time)
+                .unwrap_or(self.settings.stabilization),
+        }
     }
 
     /// Hands gossip over once it runs: membership decisions and the sender check need it.
@@ -417,6 +497,31 @@ impl RaftConsensus {
                 })
             }
             RaftMsg::Vote(v) => Ok(RaftReply::Vote(self.raft.vote(v).await)),
+            RaftMsg::TimeoutNow => {
+                tracing::info!(%from, "the leader hands over leadership; starting an election");
+                self.raft
+                    .trigger()
+                    .elect()
+                    .await
+                    .map_err(|e| RpcError::internal(e.to_string()))?;
+                // The first round meets the leader's lease and is refused, but its higher
+                // term makes the leader step down; asking again soon after, before any
+                // other server's election timer runs out, wins the votes it now grants.
+                let raft = self.raft.clone();
+                tokio::spawn(async move {
+                    let pause = Duration::from_millis(raft.config().heartbeat_interval * 3);
+                    for _ in 0..5 {
+                        tokio::time::sleep(pause).await;
+                        let m = raft.metrics().borrow().clone();
+                        let settled = m.state == ServerState::Leader
+                            || (m.state == ServerState::Follower && m.current_leader.is_some());
+                        if settled || raft.trigger().elect().await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                Ok(RaftReply::ElectionStarted)
+            }
             RaftMsg::Append(a) => {
                 let from_leader = a.vote.is_committed();
                 let r = self.raft.append_entries(a).await;
@@ -663,6 +768,7 @@ impl Consensus for RaftConsensus {
             .map(|g| autopilot::servers(g, &self.settings.datacenter))
             .unwrap_or_default();
         let last = m.last_log_index.unwrap_or(0);
+        let trailing = self.autopilot_config().max_trailing_logs;
         let servers: Vec<AutopilotServer> = config
             .servers
             .into_iter()
@@ -670,7 +776,7 @@ impl Consensus for RaftConsensus {
                 let status = seen
                     .get(&raft_id(&s.id))
                     .map_or("none", |x| x.status.as_str());
-                let healthy = status == "alive" && (s.leader || s.last_index + 256 >= last);
+                let healthy = status == "alive" && (s.leader || s.last_index + trailing >= last);
                 AutopilotServer {
                     id: s.id,
                     name: s.node,
@@ -695,6 +801,74 @@ impl Consensus for RaftConsensus {
             failure_tolerance: healthy_voters.saturating_sub(quorum),
             servers,
         }
+    }
+
+    async fn transfer_leader(&self, id: Option<String>) -> Result<(), RpcError> {
+        let fail =
+            |why: String| RpcError::internal(format!("Failed to transfer leadership: {why}"));
+        let (nodes, leader, _) = self.configuration();
+        if leader != Some(self.id()) {
+            return Err(no_leader());
+        }
+        let matched = |rid: NodeId| {
+            let m = self.raft.metrics().borrow().clone();
+            let last = m.last_log_index.unwrap_or(0);
+            let at = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&rid).cloned().flatten())
+                .map_or(0, |l| l.index);
+            (at, last)
+        };
+        let others = nodes
+            .iter()
+            .filter(|(rid, _, voter)| *voter && *rid != self.id());
+        let target = match &id {
+            Some(want) => {
+                let Some(found) = nodes.iter().find(|(_, n, _)| n.node_id == *want) else {
+                    return Err(fail(format!("cannot find peer {want}")));
+                };
+                if found.0 == self.id() {
+                    return Err(fail(format!("{want} is already the leader")));
+                }
+                if !found.2 {
+                    return Err(fail(format!("{want} is not a voter")));
+                }
+                found.clone()
+            }
+            None => match others.max_by_key(|(rid, _, _)| matched(*rid).0) {
+                Some(t) => t.clone(),
+                None => return Err(fail("cannot find peer".into())),
+            },
+        };
+        let (rid, node, _) = target;
+        let addr: SocketAddr = node
+            .addr
+            .parse()
+            .map_err(|_| fail(format!("bad address {:?}", node.addr)))?;
+        // The target must hold the whole log, or the voters (this one included) refuse it.
+        let wait = Duration::from_millis(self.raft.config().election_timeout_max * 4);
+        let deadline = Instant::now() + wait;
+        loop {
+            let (at, last) = matched(rid);
+            if at >= last {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(fail(format!("{node} did not catch up ({at} of {last})")));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::info!(server = %node, "transferring leadership");
+        // Followers refuse votes while the leader's lease holds (openraft's leader lease is
+        // the longest election timeout), so heartbeats pause until it has run out; the
+        // target then asks with the whole log and wins before any election timer fires.
+        let config = self.raft.config().clone();
+        let lease = Duration::from_millis(config.election_timeout_max + config.heartbeat_interval);
+        self.raft.runtime_config().heartbeat(false);
+        let result = self.hand_over(rid, addr, lease, wait).await;
+        self.raft.runtime_config().heartbeat(true);
+        result.map_err(|why| fail(format!("{node} {why}")))
     }
 
     async fn remove_peer(

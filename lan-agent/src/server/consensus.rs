@@ -114,6 +114,13 @@ pub trait Consensus: Send + Sync + std::fmt::Debug {
         ))
     }
 
+    /// Hands leadership to another voter (`id`, or the most caught-up one).
+    async fn transfer_leader(&self, _id: Option<String>) -> Result<(), RpcError> {
+        Err(RpcError::internal(
+            "Failed to transfer leadership: cannot find peer (this server has no other voter)",
+        ))
+    }
+
     /// A Raft message from another server (only Raft engines take them).
     async fn raft_message(&self, _from: IpAddr, _env: RaftEnvelope) -> Result<RaftReply, RpcError> {
         Err(RpcError::new(

@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cairn_shared::api::{Session, SessionBehavior};
+use cairn_shared::api::{AutopilotConfig, Session, SessionBehavior};
 use cairn_shared::rpc::{
     Consistency, ErrorKind, Query, QueryMeta, QueryResult, ReadRequest, ReadResponse, RpcError,
     WriteOp, WriteRequest, WriteResult,
@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub tombstone_ttl: Duration,
     /// How often queued coordinate updates are written (Consul: 5s).
     pub coordinate_batch_period: Duration,
+    /// Autopilot's settings a first leader stores (the `autopilot` config block).
+    pub autopilot: AutopilotConfig,
 }
 
 impl ServerConfig {
@@ -66,6 +68,7 @@ impl ServerConfig {
             session_ttl_min: Duration::from_secs(10),
             tombstone_ttl: Duration::from_secs(15 * 60),
             coordinate_batch_period: Duration::from_secs(5),
+            autopilot: Default::default(),
         }
     }
 }
@@ -202,6 +205,7 @@ impl Server {
                 for s in &sessions {
                     self.inner.timers.reset(s);
                 }
+                self.store_autopilot_defaults().await;
             } else if !leader && was {
                 tracing::info!("this server is no longer the leader");
                 self.inner.timers.clear();
@@ -211,6 +215,21 @@ impl Server {
                 _ = shutdown.cancelled() => return,
                 r = rx.changed() => if r.is_err() { return },
             }
+        }
+    }
+
+    /// A first leader writes the configured autopilot settings through the log, as Consul
+    /// does, so every server's autopilot and `/v1/operator/autopilot/configuration` agree.
+    async fn store_autopilot_defaults(&self) {
+        if self.inner.state.read(|s| s.autopilot_config().is_some()) {
+            return;
+        }
+        let op = WriteOp::AutopilotSetConfig {
+            config: self.inner.config.autopilot.clone(),
+            cas: Some(0),
+        };
+        if let Err(e) = self.propose(CommandOp::Client(op)).await {
+            tracing::debug!(error = %e, "could not store autopilot's settings yet");
         }
     }
 
@@ -713,6 +732,10 @@ impl Server {
         let op = match req.op {
             WriteOp::RaftRemovePeer { id, address } => {
                 self.inner.consensus.remove_peer(id, address).await?;
+                return Ok(WriteResult::Bool(true));
+            }
+            WriteOp::RaftTransferLeader { id } => {
+                self.inner.consensus.transfer_leader(id).await?;
                 return Ok(WriteResult::Bool(true));
             }
             WriteOp::SnapshotUpload {

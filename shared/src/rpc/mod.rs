@@ -203,6 +203,11 @@ pub enum Query {
     Leader,
     /// The voters' RPC addresses (`/v1/status/peers`).
     Peers,
+    /// Service, instance and node counts (`/v1/operator/usage`).
+    Usage,
+    /// Autopilot's settings (`/v1/operator/autopilot/configuration`); `None` before the
+    /// first leader stored them.
+    AutopilotConfiguration,
 }
 
 /// The narrowing every list read accepts: `?tag` (all required, case-insensitive),
@@ -241,6 +246,19 @@ pub enum QueryResult {
     PreparedQueries(Vec<PreparedQuery>),
     PreparedQueryExecute(Box<QueryExecuteResponse>),
     PreparedQueryExplain(Box<PreparedQuery>),
+    Usage(Usage),
+    AutopilotConfiguration(Option<crate::api::AutopilotConfig>),
+}
+
+/// A datacenter's counts, as `/v1/operator/usage` shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Usage {
+    /// Distinct service names, `consul` included.
+    pub services: u64,
+    pub service_instances: u64,
+    /// Instances other than the servers' own `consul` service.
+    pub billable_service_instances: u64,
+    pub nodes: u64,
 }
 
 /// Largest piece of a snapshot one RPC frame carries, either way: well under
@@ -304,6 +322,16 @@ pub enum WriteOp {
     RaftRemovePeer {
         id: Option<String>,
         address: Option<String>,
+    },
+    /// Hand leadership to another voter, the one with this node ID or any
+    /// (`/v1/operator/raft/transfer-leader`); handled by the leader, not logged.
+    RaftTransferLeader {
+        id: Option<String>,
+    },
+    /// Replace autopilot's settings; with `cas`, only if their modify index is still that.
+    AutopilotSetConfig {
+        config: crate::api::AutopilotConfig,
+        cas: Option<u64>,
     },
     /// Create, update or delete a prepared query; the leader fills in a new query's ID.
     PreparedQuery {

@@ -17,7 +17,8 @@
 //! number literal`); Consul prefixes it, see [`FilterError::consul_message`].
 //!
 //! go-bexpr checks selectors against Go struct types when the filter is
-//! created; JSON has no such types, so here:
+//! created; [`parse_for`] does the same against the [`fields`] of the listed
+//! type. Evaluation runs over JSON, so:
 //! * Selector segments are JSON keys, matched case-sensitively (go-bexpr uses
 //!   Go field names, also case-sensitively; in Consul these are the same).
 //! * A missing or `null` value is not an error; it acts like go-bexpr's
@@ -29,6 +30,8 @@
 //!   holds if it holds for any element, as in go-bexpr.
 //!
 //! [go-bexpr]: https://github.com/hashicorp/go-bexpr
+
+pub mod fields;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -114,6 +117,24 @@ pub fn parse(expr: &str) -> Result<Filter, FilterError> {
     Ok(Filter { expr: Some(expr) })
 }
 
+/// Parses a filter for a list of a known type: as go-bexpr, a selector naming a field the
+/// type does not have is an error, not a filter that matches nothing.
+pub fn parse_for(expr: &str, fields: &fields::Fields) -> Result<Filter, FilterError> {
+    let filter = parse(expr)?;
+    if let Some(e) = &filter.expr {
+        let mut bad = None;
+        e.each_selector(&mut |sel| {
+            if bad.is_none() {
+                bad = fields.invalid_prefix(sel);
+            }
+        });
+        if let Some(sel) = bad {
+            return Err(format!("Selector {sel:?} is not valid").into());
+        }
+    }
+    Ok(filter)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Equal,
@@ -152,6 +173,17 @@ impl Expr {
         }
     }
 
+    fn each_selector(&self, f: &mut impl FnMut(&[String])) {
+        match self {
+            Expr::Or(a, b) | Expr::And(a, b) => {
+                a.each_selector(f);
+                b.each_selector(f);
+            }
+            Expr::Not(e) => e.each_selector(f),
+            Expr::Match(m) => f(&m.selector),
+        }
+    }
+
     fn compile_regexes(&mut self) -> Result<(), FilterError> {
         match self {
             Expr::Or(a, b) | Expr::And(a, b) => a.compile_regexes().and(b.compile_regexes()),
@@ -181,6 +213,8 @@ impl Match {
             (Some(_), Value::Array(items)) => items.iter().any(|item| self.eval_at(path, item)),
             (Some((key, rest)), Value::Object(map)) => match map.get(key) {
                 Some(child) => self.eval_at(rest, child),
+                // go-bexpr's `RaftIndex.CreateIndex` is a top-level `CreateIndex` in JSON.
+                None if key == "RaftIndex" => self.eval_at(rest, v),
                 None => self.absent(),
             },
             (Some(_), _) | (None, Value::Null) => self.absent(),
