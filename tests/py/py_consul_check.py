@@ -7,7 +7,8 @@ blocking get woken by a write, check notes reaching the health endpoints, sessio
 (create/info/renew/destroy with TTL and lock-delay), acquire/release, transactions,
 prepared queries (create, list, get, execute by name and ID, explain, delete) and the
 operator endpoints (Raft configuration, usage, autopilot configuration with
-check-and-set, autopilot health, leadership transfer). Exits non-zero on the first failed
+check-and-set, autopilot health, leadership transfer) and config entries (write with
+check-and-set, read, list with a filter, delete). Exits non-zero on the first failed
 expectation.
 """
 
@@ -230,12 +231,33 @@ def check_operator(c):
         assert "Failed to transfer leadership" in str(e), e
 
 
+def check_config_entries(c):
+    assert c.config.set("service-defaults", "pyweb", {"Protocol": "http"}) is True
+    entry = c.config.get("service-defaults", "pyweb")
+    assert entry["Kind"] == "service-defaults" and entry["Protocol"] == "http", entry
+    assert c.config.set("service-defaults", "pyweb", {"Protocol": "grpc"}, cas=entry["ModifyIndex"] + 9) is False
+    assert c.config.set("service-defaults", "pyweb", {"Protocol": "grpc"}, cas=entry["ModifyIndex"]) is True
+    assert c.config.set("proxy-defaults", "global", {"Config": {"protocol": "http"}}) is True
+    listed = c.config.list("service-defaults")
+    assert [e["Name"] for e in listed] == ["pyweb"] and listed[0]["Protocol"] == "grpc", listed
+    assert [e["Name"] for e in c.config.list("service-defaults", filter_expr='Protocol == "http"')] == []
+    try:
+        c.config.set("proxy-defaults", "not-global")
+        raise AssertionError("proxy-defaults must be named global")
+    except consul.ConsulException as e:
+        assert "only \"global\" is supported" in str(e), e
+    current = c.config.get("service-defaults", "pyweb")
+    assert c.config.delete("service-defaults", "pyweb", cas=current["ModifyIndex"] + 1) is False
+    assert c.config.delete("service-defaults", "pyweb") is True
+    assert c.config.list("service-defaults") == []
+
+
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else "target/debug/cairn"
     proc, c, log = start_agent(binary)
     try:
         checks = (check_kv, check_blocking, check_health_notes, check_sessions, check_txn,
-                  check_queries, check_operator)
+                  check_queries, check_operator, check_config_entries)
         for check in checks:
             check(c)
             print(f"ok   {check.__name__}")

@@ -334,3 +334,108 @@ async fn a_change_to_db_does_not_wake_watchers_of_web() {
         .unwrap();
     assert_eq!(status, 200);
 }
+
+/// Without a service mesh or peerings, the mesh-shaped reads and `?peer=` answer what
+/// Consul answers when there is nothing: empty, with an index, blocking, `?filter`
+/// checked; registering a proxy or gateway is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn mesh_reads_and_peers_answer_empty() {
+    let agent = Agent::dev().await.unwrap();
+    let c = consul(&agent);
+    c.register_entity(&entity("n1", "web", "web-1", "passing"))
+        .await
+        .unwrap();
+    let http = cairn_tests::http_client();
+    for path in [
+        "/v1/catalog/connect/web",
+        "/v1/health/connect/web",
+        "/v1/health/ingress/web",
+        "/v1/catalog/gateway-services/gw",
+        "/v1/catalog/service/web?peer=other",
+        "/v1/catalog/nodes?peer=other",
+        "/v1/health/service/web?peer=other",
+        "/v1/health/checks/web?peer=other",
+    ] {
+        let r = get(&http, &agent, path).await;
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(r.headers().contains_key("x-consul-index"), "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body, json!([]), "{path}");
+    }
+    let services: Value = get(&http, &agent, "/v1/catalog/services?peer=other")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(services, json!({}));
+    for (path, selector) in [
+        ("/v1/catalog/connect/web", "Nope"),
+        ("/v1/health/connect/web", "Service.Nope"),
+        ("/v1/catalog/gateway-services/gw", "Gateway.Nope"),
+    ] {
+        let url = format!("{path}?filter={}", urlencode(&format!("{selector} == x")));
+        let r = get(&http, &agent, &url).await;
+        assert_eq!(r.status(), 500, "{url}");
+        assert!(r.text().await.unwrap().contains("is not valid"), "{url}");
+    }
+    let ok = get(
+        &http,
+        &agent,
+        &format!(
+            "/v1/catalog/gateway-services/gw?filter={}",
+            urlencode("GatewayKind == x")
+        ),
+    )
+    .await;
+    assert_eq!(ok.status(), 200);
+
+    // Blocking: a read at the current index waits, and returns when the service changes.
+    let r = get(&http, &agent, "/v1/health/connect/web").await;
+    let index: u64 = r.headers()["x-consul-index"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let url = agent.url(&format!("/v1/health/connect/web?index={index}&wait=20s"));
+    let waiter = tokio::spawn(async move {
+        let r = cairn_tests::http_client().get(url).send().await.unwrap();
+        r.headers()["x-consul-index"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished());
+    c.register_entity(&entity("n2", "web", "web-2", "passing"))
+        .await
+        .unwrap();
+    let woke = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(woke > index);
+
+    for body in [
+        json!({"Node": "n3", "Address": "10.0.0.3", "Service": {"Service": "gw", "Kind": "ingress-gateway"}}),
+        json!({"Node": "n3", "Address": "10.0.0.3", "Service": {"Service": "p", "Proxy": {"DestinationServiceName": "web"}}}),
+    ] {
+        let r = http
+            .put(agent.url("/v1/catalog/register"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        assert!(r.text().await.unwrap().contains("not supported"));
+    }
+    let nodes: Value = get(&http, &agent, "/v1/catalog/nodes")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        nodes.as_array().unwrap().iter().all(|n| n["Node"] != "n3"),
+        "nothing registered: {nodes}"
+    );
+}

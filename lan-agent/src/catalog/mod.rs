@@ -24,8 +24,8 @@ pub mod watch;
 use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_shared::api::{
-    AutopilotConfig, CoordinateEntry, HealthCheck, KvPair, Node, NodeService, PreparedQuery,
-    Session,
+    AutopilotConfig, ConfigEntry, CoordinateEntry, HealthCheck, KvPair, Node, NodeService,
+    PreparedQuery, Session,
 };
 use cairn_shared::coordinate::Coordinate;
 use cairn_shared::rpc::{RpcError, WriteOp, WriteResult};
@@ -85,6 +85,7 @@ pub enum Table {
     Coordinates,
     PreparedQueries,
     Autopilot,
+    ConfigEntries,
 }
 
 /// Entry counts per kind.
@@ -167,6 +168,9 @@ pub struct Store {
     /// Autopilot's settings, once a leader stored them.
     #[serde(default)]
     autopilot: Option<AutopilotConfig>,
+    /// Config entries by kind, then name.
+    #[serde(default)]
+    config_entries: BTreeMap<String, BTreeMap<String, ConfigEntry>>,
     #[serde(skip)]
     journal: Option<Vec<Undo>>,
     #[serde(skip)]
@@ -297,6 +301,31 @@ impl Store {
             WriteOp::PreparedQuery { op, query } => {
                 self.atomically(|s| s.query_apply(idx, *op, query))
             }
+            WriteOp::ConfigEntry { entry, delete, cas } => {
+                let kinds = &mut self.config_entries;
+                let current = kinds.get(&entry.kind).and_then(|m| m.get(&entry.name));
+                if cas.is_some_and(|c| c != current.map_or(0, |e| e.modify_index)) {
+                    return Ok(WriteResult::Bool(false));
+                }
+                if *delete {
+                    if let Some(m) = kinds.get_mut(&entry.kind) {
+                        m.remove(&entry.name);
+                        if m.is_empty() {
+                            kinds.remove(&entry.kind);
+                        }
+                    }
+                } else {
+                    let mut next = entry.clone();
+                    next.create_index = current.map_or(idx, |e| e.create_index);
+                    next.modify_index = idx;
+                    kinds
+                        .entry(entry.kind.clone())
+                        .or_default()
+                        .insert(entry.name.clone(), next);
+                }
+                self.bump(Table::ConfigEntries, idx);
+                Ok(WriteResult::Bool(true))
+            }
             WriteOp::AutopilotSetConfig { config, cas } => {
                 let current = self.autopilot.as_ref();
                 if cas.is_some_and(|c| c != current.map_or(0, |a| a.modify_index)) {
@@ -330,6 +359,7 @@ impl Store {
             Table::Coordinates,
             Table::PreparedQueries,
             Table::Autopilot,
+            Table::ConfigEntries,
         ] {
             self.table_index.insert(t, idx);
         }

@@ -284,6 +284,26 @@ impl Store {
                     QueryResult::Usage(usage),
                 )
             }
+            Query::ConfigEntries { kind } => (
+                self.table(Table::ConfigEntries),
+                QueryResult::ConfigEntries(
+                    self.config_entries
+                        .get(kind)
+                        .map(|m| m.values().cloned().collect())
+                        .unwrap_or_default(),
+                ),
+            ),
+            Query::ConfigEntry { kind, name } => (
+                self.table(Table::ConfigEntries),
+                QueryResult::ConfigEntries(
+                    self.config_entries
+                        .get(kind)
+                        .and_then(|m| m.get(name))
+                        .cloned()
+                        .into_iter()
+                        .collect(),
+                ),
+            ),
             Query::AutopilotConfiguration => (
                 self.table(Table::Autopilot),
                 QueryResult::AutopilotConfiguration(self.autopilot.clone()),
@@ -384,6 +404,9 @@ impl Store {
                 WatchKey::Table(Table::Services),
             ],
             Query::AutopilotConfiguration => vec![WatchKey::Table(Table::Autopilot)],
+            Query::ConfigEntries { .. } | Query::ConfigEntry { .. } => {
+                vec![WatchKey::Table(Table::ConfigEntries)]
+            }
             Query::CatalogServices { .. } => vec![WatchKey::Table(Table::Services)],
             Query::CatalogService { service, .. }
             | Query::HealthChecks { service, .. }

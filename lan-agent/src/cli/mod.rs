@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod catalog;
 pub mod client;
+pub mod config;
 pub mod event;
 pub mod kv;
 pub mod lock;
@@ -76,6 +77,9 @@ pub enum Command {
     /// Save, restore and inspect snapshots of the whole state
     #[command(subcommand)]
     Snapshot(operator::SnapshotCommand),
+    /// Write, read, list and delete config entries
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Create, list, read, delete and execute prepared queries
     #[command(subcommand)]
     Query(query::QueryCommand),
@@ -150,6 +154,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Keyring(args) => members::keyring(args).await,
         Command::Operator(cmd) => operator::run(cmd).await,
         Command::Snapshot(cmd) => operator::snapshot(cmd).await,
+        Command::Config(cmd) => config::run(cmd).await,
         Command::Keygen => {
             println!("{}", crate::gossip::keyring::generate());
             0

@@ -147,6 +147,18 @@ pub static SERVICE_HEALTH: LazyLock<Fields> = LazyLock::new(|| {
 pub static AGENT_SERVICES: LazyLock<Fields> =
     LazyLock::new(|| Fields::build(&[("", AGENT_SERVICE), ("Proxy", PROXY)]));
 
+/// `/v1/catalog/gateway-services/:gateway`: `structs.GatewayService`.
+pub static GATEWAY_SERVICES: LazyLock<Fields> = LazyLock::new(|| {
+    Fields::build(&[
+        (
+            "",
+            "Gateway.Name Service.Name GatewayKind Port Protocol Hosts CAFile CertFile KeyFile \
+             SNI FromWildcard",
+        ),
+        ("", RAFT_INDEX),
+    ])
+});
+
 /// `/v1/agent/members`.
 pub static MEMBERS: LazyLock<Fields> = LazyLock::new(|| Fields::build(&[("", MEMBER)]));
 

@@ -77,8 +77,43 @@ fn write_dc(st: &HttpState, options: &QueryOptions, body_dc: &str) -> String {
         .to_string()
 }
 
+/// Cairn runs no service mesh: a proxy, gateway or sidecar registration is refused rather
+/// than stored as a plain service.
+fn refuse_mesh(raw: &serde_json::Value) -> Result<(), ApiError> {
+    let field = |obj: &serde_json::Value, name: &str| -> Option<serde_json::Value> {
+        obj.as_object()?
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let Some(svc) = field(raw, "Service").filter(|s| s.is_object()) else {
+        return Ok(());
+    };
+    if let Some(kind) = field(&svc, "Kind").and_then(|k| k.as_str().map(str::to_string))
+        && !kind.is_empty()
+    {
+        return Err(ApiError::bad_request(format!(
+            "Invalid service kind: \"{kind}\" (mesh gateways and proxies are not supported)"
+        )));
+    }
+    let asks = |v: Option<serde_json::Value>| match v {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Object(m)) => !m.is_empty(),
+        Some(_) => true,
+    };
+    if asks(field(&svc, "Proxy")) || asks(field(&svc, "Connect")) {
+        return Err(ApiError::bad_request(
+            "Connect proxies and sidecars are not supported by this agent",
+        ));
+    }
+    Ok(())
+}
+
 async fn register(State(st): State<HttpState>, req: Request) -> ApiResult {
-    let (params, options, mut body): (_, _, RegisterRequest) = decode_write(&st, req).await?;
+    let (params, options, raw): (_, _, serde_json::Value) = decode_write(&st, req).await?;
+    refuse_mesh(&raw)?;
+    let mut body: RegisterRequest = super::decode::from_value(raw)
+        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
     body.datacenter = write_dc(&st, &options, &body.datacenter);
     let datacenter = body.datacenter.clone();
     st.rpc

@@ -12,6 +12,7 @@
 mod agent;
 mod agent_local;
 mod catalog;
+mod config;
 mod coordinate;
 pub mod decode;
 pub mod error;
@@ -19,6 +20,7 @@ mod event;
 mod health;
 mod kv;
 mod members;
+mod mesh;
 mod operator;
 pub mod params;
 mod query;
@@ -120,6 +122,8 @@ pub fn router(state: HttpState) -> Router {
         .merge(members::router())
         .merge(operator::router())
         .merge(query::router())
+        .merge(config::router())
+        .merge(mesh::router())
         .route("/", methods(get(index), "GET"))
         .fallback(unknown_path)
         .layer(middleware::from_fn(consul_rules))
@@ -347,8 +351,26 @@ pub(crate) async fn read(
     if options.near == "_agent" {
         options.near = st.info.node_name.clone();
     }
-    let resp = st.rpc.read(ReadRequest { query, options }).await?;
+    let mut resp = st.rpc.read(ReadRequest { query, options }).await?;
+    if params.value("peer").is_some() {
+        without_peer_data(&mut resp.result);
+    }
     Ok((params, resp))
+}
+
+/// `?peer=NAME` asks for what a cluster peer exported; Cairn has no peerings, so there is
+/// nothing, as Consul answers for a peer that exported nothing (the index still blocks).
+fn without_peer_data(result: &mut QueryResult) {
+    match result {
+        QueryResult::Nodes(v) => v.clear(),
+        QueryResult::ServiceTags(v) => v.clear(),
+        QueryResult::ServiceNodes(v) => v.clear(),
+        QueryResult::ServiceEntries(v) => v.clear(),
+        QueryResult::Checks(v) => v.clear(),
+        QueryResult::NodeServices(v) => *v = None,
+        QueryResult::NodeServiceList(v) => *v = None,
+        _ => {}
+    }
 }
 
 /// An answer of the wrong kind from the server: a bug, reported as a 500.

@@ -16,6 +16,8 @@ mod query;
 pub use query::*;
 mod operator;
 pub use operator::*;
+mod config_entry;
+pub use config_entry::*;
 
 /// One KV entry, Consul's `DirEntry`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

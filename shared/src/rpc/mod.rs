@@ -208,6 +208,15 @@ pub enum Query {
     /// Autopilot's settings (`/v1/operator/autopilot/configuration`); `None` before the
     /// first leader stored them.
     AutopilotConfiguration,
+    /// Config entries of a kind (`/v1/config/:kind`), by name.
+    ConfigEntries {
+        kind: String,
+    },
+    /// One config entry (`/v1/config/:kind/:name`); not found is an empty list.
+    ConfigEntry {
+        kind: String,
+        name: String,
+    },
 }
 
 /// The narrowing every list read accepts: `?tag` (all required, case-insensitive),
@@ -248,6 +257,7 @@ pub enum QueryResult {
     PreparedQueryExplain(Box<PreparedQuery>),
     Usage(Usage),
     AutopilotConfiguration(Option<crate::api::AutopilotConfig>),
+    ConfigEntries(Vec<crate::api::ConfigEntry>),
 }
 
 /// A datacenter's counts, as `/v1/operator/usage` shows them.
@@ -327,6 +337,13 @@ pub enum WriteOp {
     /// (`/v1/operator/raft/transfer-leader`); handled by the leader, not logged.
     RaftTransferLeader {
         id: Option<String>,
+    },
+    /// Store a config entry (`delete: false`) or remove one; with `cas`, only if its modify
+    /// index is still that (0: only if absent, for a store).
+    ConfigEntry {
+        entry: crate::api::ConfigEntry,
+        delete: bool,
+        cas: Option<u64>,
     },
     /// Replace autopilot's settings; with `cas`, only if their modify index is still that.
     AutopilotSetConfig {
