@@ -10,7 +10,8 @@
 //!   [`health`] runs their checks.
 //! - [`cli`]: the subcommands, each a client of an agent's HTTP API (except `agent`).
 //! - [`filter`]: Consul's `?filter=` expressions.
-//! - [`telemetry`], [`clock`], [`config`], [`version`]: support.
+//! - [`telemetry`], [`logs`] (the log `/v1/agent/monitor` streams), [`clock`], [`config`],
+//!   [`version`]: support.
 //!
 //! `main.rs` only parses arguments and hands over to [`cli::run`].
 
@@ -26,6 +27,7 @@ pub mod gossip;
 pub mod health;
 pub mod http;
 pub mod local;
+pub mod logs;
 pub mod raft;
 pub mod rpc;
 pub mod server;

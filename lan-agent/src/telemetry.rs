@@ -279,20 +279,23 @@ impl Recorder for JsonRecorder {
 }
 
 /// Sets up `tracing` output on stderr at the given level (`trace`..`error`), honouring
-/// `RUST_LOG` when set.
+/// `RUST_LOG` when set, and the feed of `/v1/agent/monitor` beside it.
 pub fn init_logging(level: &str, json: bool) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level_filter(level)));
     // Colours only on a terminal: a log file or journal gets plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(crate::logs::layer());
     // A second init (tests) is harmless; ignore it.
     let _ = if json {
-        builder.json().try_init()
+        registry.with(stderr.json().with_filter(filter)).try_init()
     } else {
-        builder.try_init()
+        registry.with(stderr.with_filter(filter)).try_init()
     };
 }
 

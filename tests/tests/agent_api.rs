@@ -239,3 +239,77 @@ async fn usage_and_autopilot_configuration() {
         .unwrap();
     assert_eq!(r.status(), 500, "a dev server has no one to hand over to");
 }
+
+/// `/v1/agent/monitor` streams log lines written after it attached, at its own level
+/// (the agent here logs only warnings to stderr), as text or JSON; `cairn monitor` too.
+#[tokio::test(flavor = "multi_thread")]
+async fn monitor_streams_log_lines_at_its_own_level() {
+    let agent = Agent::dev_with(&["-log-level=warn"]).await.unwrap();
+    let http = cairn_tests::http_client();
+    let bad = http
+        .get(agent.url("/v1/agent/monitor?loglevel=loud"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.text().await.unwrap(), "Unknown log level: loud");
+
+    let mut text = http
+        .get(agent.url("/v1/agent/monitor?loglevel=info"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(text.status(), 200);
+    let mut cli = agent
+        .cli()
+        .args(["monitor", "-log-level=debug", "-log-json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let r = http
+        .put(agent.url("/v1/agent/service/register"))
+        .json(&serde_json::json!({"Name": "watched"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut got = String::new();
+    while !got.contains("service=watched") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), text.chunk())
+            .await
+            .expect("a log line within 10 s")
+            .unwrap()
+            .expect("the stream stays open");
+        got.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let line = got.lines().find(|l| l.contains("service=watched")).unwrap();
+    assert!(
+        line.contains(" [INFO]  local.sync: Synced service: service=watched"),
+        "{line}"
+    );
+    assert!(
+        !agent.log_text().contains("Synced service"),
+        "stderr stays at warn"
+    );
+
+    let stdout = cli.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("watched"))
+    });
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), first)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let _ = cli.kill();
+    let _ = cli.wait();
+    let json: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(json["@message"], "Synced service", "{first}");
+    assert_eq!(json["@level"], "info");
+    assert_eq!(json["service"], "watched");
+}

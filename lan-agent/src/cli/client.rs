@@ -121,33 +121,7 @@ impl Client {
         query: &[(&str, String)],
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<Reply> {
-        let mut url = format!("{}{}", self.base, encode_path(path));
-        let mut pairs: Vec<(String, String)> = query
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), v.clone()))
-            .collect();
-        if let Some(dc) = &self.datacenter {
-            pairs.push(("dc".into(), dc.clone()));
-        }
-        if self.stale && method == Method::GET {
-            pairs.push(("stale".into(), String::new()));
-        }
-        if !pairs.is_empty() {
-            let q: Vec<String> = pairs
-                .iter()
-                .map(|(k, v)| {
-                    if v.is_empty() {
-                        k.clone()
-                    } else {
-                        form_urlencoded::Serializer::new(String::new())
-                            .append_pair(k, v)
-                            .finish()
-                    }
-                })
-                .collect();
-            url.push('?');
-            url.push_str(&q.join("&"));
-        }
+        let url = self.url(&method, path, query);
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
             req = req.header("X-Consul-Token", t);
@@ -171,6 +145,57 @@ impl Client {
             headers,
             body,
         })
+    }
+
+    /// The full URL of a request, with the client's `dc` and `stale` settings.
+    fn url(&self, method: &Method, path: &str, query: &[(&str, String)]) -> String {
+        let mut url = format!("{}{}", self.base, encode_path(path));
+        let mut pairs: Vec<(String, String)> = query
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), v.clone()))
+            .collect();
+        if let Some(dc) = &self.datacenter {
+            pairs.push(("dc".into(), dc.clone()));
+        }
+        if self.stale && *method == Method::GET {
+            pairs.push(("stale".into(), String::new()));
+        }
+        if !pairs.is_empty() {
+            let q: Vec<String> = pairs
+                .iter()
+                .map(|(k, v)| {
+                    if v.is_empty() {
+                        k.clone()
+                    } else {
+                        form_urlencoded::Serializer::new(String::new())
+                            .append_pair(k, v)
+                            .finish()
+                    }
+                })
+                .collect();
+            url.push('?');
+            url.push_str(&q.join("&"));
+        }
+        url
+    }
+
+    /// A GET whose answer is read as it arrives (`/v1/agent/monitor`), with no time limit.
+    pub async fn stream(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<reqwest::Response> {
+        let url = self.url(&Method::GET, path, query);
+        let mut req = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(10 * 365 * 86_400));
+        if let Some(t) = &self.token {
+            req = req.header("X-Consul-Token", t);
+        }
+        req.send()
+            .await
+            .with_context(|| format!("Error connecting to Cairn agent at {}", self.base))
     }
 
     pub async fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Reply> {

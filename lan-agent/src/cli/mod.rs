@@ -11,6 +11,7 @@ pub mod kv;
 pub mod lock;
 pub mod maint;
 pub mod members;
+pub mod monitor;
 pub mod operator;
 pub mod query;
 pub mod rtt;
@@ -63,6 +64,8 @@ pub enum Command {
     Rtt(rtt::RttArgs),
     /// List the members of the gossip pool
     Members(members::MembersArgs),
+    /// Stream the agent's log lines
+    Monitor(monitor::MonitorArgs),
     /// Make the agent join a gossip pool through other agents
     Join(members::JoinArgs),
     /// Make the agent leave its pool gracefully and stop
@@ -155,6 +158,7 @@ pub async fn run(cli: Cli) -> u8 {
         Command::Operator(cmd) => operator::run(cmd).await,
         Command::Snapshot(cmd) => operator::snapshot(cmd).await,
         Command::Config(cmd) => config::run(cmd).await,
+        Command::Monitor(a) => monitor::run(a).await,
         Command::Keygen => {
             println!("{}", crate::gossip::keyring::generate());
             0

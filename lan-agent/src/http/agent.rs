@@ -1,15 +1,20 @@
-//! `/v1/agent/self` and `/v1/agent/metrics`: what this agent is, and its counters.
+//! `/v1/agent/self`, `/v1/agent/metrics` and `/v1/agent/monitor`: what this agent is, its
+//! counters, and its log as it is written.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
+use axum::http::Uri;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::json;
 
-use super::error::ApiResult;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::error::{ApiError, ApiResult};
 use super::{HttpState, Params, json, methods};
 use crate::version;
 
@@ -17,6 +22,40 @@ pub(super) fn router() -> Router<HttpState> {
     Router::new()
         .route("/v1/agent/self", methods(get(agent_self), "GET"))
         .route("/v1/agent/metrics", methods(get(agent_metrics), "GET"))
+        .route("/v1/agent/monitor", methods(get(monitor), "GET"))
+}
+
+/// `/v1/agent/monitor?loglevel=&logjson`: this agent's log lines from now on, streamed
+/// until the client goes away.
+async fn monitor(uri: Uri) -> ApiResult {
+    let params = Params::parse(uri.query());
+    let wanted = params.value("loglevel").unwrap_or("INFO");
+    let Some(level) = crate::logs::parse_level(wanted) else {
+        return Err(ApiError::bad_request(format!(
+            "Unknown log level: {wanted}"
+        )));
+    };
+    let json = params.has("logjson");
+    let feed = crate::logs::hub().attach(level);
+    let lines = futures_util::stream::unfold(feed, move |mut feed| async move {
+        loop {
+            match feed.rx.recv().await {
+                Ok(line) if line.level <= feed.level => {
+                    let mut text = if json { line.json() } else { line.text() };
+                    text.push('\n');
+                    return Some((Ok::<_, std::convert::Infallible>(Bytes::from(text)), feed));
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok((
+        StatusCode::OK,
+        [("content-type", "text/plain; charset=utf-8")],
+        Body::from_stream(lines),
+    )
+        .into_response())
 }
 
 async fn agent_self(State(st): State<HttpState>, req: Request) -> ApiResult {

@@ -11,6 +11,7 @@
 
 mod agent;
 mod agent_local;
+pub(crate) use agent::civil_from_days;
 mod catalog;
 mod config;
 mod coordinate;

@@ -84,6 +84,7 @@ impl AntiEntropy {
         for (id, generation) in &plan.deregister_services {
             self.rpc.write(self.deregister(id, "")).await?;
             self.state.service_synced(id, *generation);
+            tracing::info!(service = %id, "Deregistered service");
         }
         for (id, generation) in &plan.deregister_checks {
             self.rpc.write(self.deregister("", id)).await?;
@@ -95,6 +96,7 @@ impl AntiEntropy {
                 .write(self.register(Some(svc.clone()), list))
                 .await?;
             self.state.service_synced(&svc.id, *generation);
+            tracing::info!(service = %svc.id, "Synced service");
             for (c, g) in checks {
                 self.state.check_synced(&c.check_id, *g);
             }
@@ -104,6 +106,7 @@ impl AntiEntropy {
                 .write(self.register(None, vec![check.clone()]))
                 .await?;
             self.state.check_synced(&check.check_id, *generation);
+            tracing::debug!(check = %check.check_id, "Synced check");
         }
         Ok(plan.next_deferred)
     }
