@@ -203,6 +203,17 @@ async fn start_parts(
         Some(addr) => Some(bind_tcp("HTTP", addr).await?),
         None => None,
     };
+    // The other client addresses listen on the port the first one got.
+    let mut more_http = Vec::new();
+    if let Some(port) = http_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port())
+    {
+        for ip in config.more_client_addrs() {
+            more_http.push(bind_tcp("HTTP", SocketAddr::new(*ip, port)).await?);
+        }
+    }
     let server = match config.server {
         true => Some(start_server(&config, &node_id, &deps, &tasks, &shutdown).await?),
         false => None,
@@ -305,16 +316,19 @@ async fn start_parts(
                 started: Instant::now(),
             };
             let app = http::router(state);
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                // With the peer's address: `near=_ip` sorts from the asking host.
-                let app = app.into_make_service_with_connect_info::<SocketAddr>();
-                let serve = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
-            });
+            for listener in std::iter::once(listener).chain(more_http) {
+                let stop = shutdown.clone();
+                let app = app.clone();
+                tasks.spawn(async move {
+                    // With the peer's address: `near=_ip` sorts from the asking host.
+                    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                    let serve = axum::serve(listener, app)
+                        .with_graceful_shutdown(async move { stop.cancelled().await });
+                    if let Err(e) = serve.await {
+                        tracing::error!(error = %e, "HTTP server failed");
+                    }
+                });
+            }
             bound
         }
         None => None,
@@ -328,13 +342,34 @@ async fn start_parts(
                 config: config.dns.clone(),
                 recursors: config.recursors.clone(),
             };
-            let bound = dns::serve(addr, rpc.clone(), settings, &tasks, shutdown.clone())
-                .await
-                .map_err(|source| AgentError::Bind {
+            let bind_err = |addr| {
+                move |source| AgentError::Bind {
                     what: "DNS",
                     addr,
                     source,
-                })?;
+                }
+            };
+            let bound = dns::serve(
+                addr,
+                rpc.clone(),
+                settings.clone(),
+                &tasks,
+                shutdown.clone(),
+            )
+            .await
+            .map_err(bind_err(addr))?;
+            for ip in config.more_client_addrs() {
+                let addr = SocketAddr::new(*ip, bound.port());
+                dns::serve(
+                    addr,
+                    rpc.clone(),
+                    settings.clone(),
+                    &tasks,
+                    shutdown.clone(),
+                )
+                .await
+                .map_err(bind_err(addr))?;
+            }
             Some(bound)
         }
         None => None,
@@ -837,7 +872,7 @@ fn agent_info(config: &Config, node_id: &str, gossip: &Gossip) -> AgentInfo {
             "BindAddr": config.bind_addr.to_string(),
             "AdvertiseAddrLAN": config.advertise().to_string(),
             "AdvertiseAddrWAN": config.advertise_wan().to_string(),
-            "ClientAddrs": [config.client_addr.to_string()],
+            "ClientAddrs": config.client_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "HTTPPort": config.ports.http.map_or(-1, i32::from),
             "DNSPort": config.ports.dns.map_or(-1, i32::from),
             "ServerPort": config.ports.server,

@@ -587,11 +587,24 @@ async fn output_only_changes_follow_check_update_interval() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http_check_of_the_agent_itself_passes() {
-    let agent = Agent::dev().await.unwrap();
+    // `-client` takes several addresses, as Consul's does; the last `-client` wins.
+    let agent = Agent::dev_with(&["-client=127.0.0.1 [::1]"]).await.unwrap();
     let port = agent.http.port();
     let index = http_client().get(agent.url("/")).send().await.unwrap();
     assert_eq!(index.status(), 200);
     assert!(index.text().await.unwrap().contains(&agent.node));
+    let v6 = http_client()
+        .get(format!("http://[::1]:{port}/v1/agent/self"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v6.status(), 200, "the agent answers on [::1] too");
+    let me: Value = v6.json().await.unwrap();
+    assert_eq!(
+        me["DebugConfig"]["ClientAddrs"],
+        json!(["127.0.0.1", "::1"]),
+        "{me}"
+    );
     let r = http_client()
         .put(agent.url("/v1/agent/check/register"))
         .json(

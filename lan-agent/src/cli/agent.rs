@@ -54,9 +54,9 @@ pub struct AgentArgs {
     /// Address to advertise to other datacenters (the node's `wan` tagged address)
     #[arg(long = "advertise-wan")]
     pub advertise_wan: Option<IpAddr>,
-    /// Address for the HTTP and DNS interfaces
+    /// Addresses for the HTTP and DNS interfaces (space-separated)
     #[arg(long)]
-    pub client: Option<IpAddr>,
+    pub client: Option<crate::config::ClientAddrs>,
     /// HTTP API port (0 picks a free one; -1 disables)
     #[arg(long = "http-port", allow_hyphen_values = true)]
     pub http_port: Option<i32>,
@@ -205,8 +205,8 @@ impl AgentArgs {
         }
         c.advertise_addr = self.advertise.or(c.advertise_addr);
         c.advertise_addr_wan = self.advertise_wan.or(c.advertise_addr_wan);
-        if let Some(a) = self.client {
-            c.client_addr = a;
+        if let Some(a) = &self.client {
+            c.client_addrs = a.0.clone();
         }
         if let Some(p) = self.http_port {
             c.ports.http = port(p, "http-port")?;
@@ -316,7 +316,11 @@ fn print_banner(c: &Config, h: &agent::AgentHandle) {
     );
     println!(
         "       Client Addr: [{}] (HTTP: {http}, HTTPS: -1, gRPC: -1, DNS: {dns})",
-        c.client_addr
+        c.client_addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     println!(
         "      Cluster Addr: {} (LAN: {}, WAN: {})",

@@ -38,6 +38,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run an agent (client, server, or -dev)
+    // A flag given twice takes the last value, as Go's flag package does.
+    #[command(args_override_self = true)]
     Agent(Box<agent::AgentArgs>),
     /// Read and write the key/value store
     #[command(subcommand)]
@@ -226,4 +228,34 @@ async fn reload(args: &ReloadArgs) -> u8 {
 pub(crate) fn fail(msg: impl std::fmt::Display) -> u8 {
     eprintln!("{msg}");
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let argv = args.iter().map(|a| (*a).to_string()).collect();
+        Cli::try_parse_from(cairn_shared::argv::normalise(Cli::command(), argv)).unwrap()
+    }
+
+    #[test]
+    fn an_agent_flag_given_twice_takes_the_last_and_lists_still_gather() {
+        let Command::Agent(a) = parse(&[
+            "cairn",
+            "agent",
+            "-client=127.0.0.1",
+            "-client=127.0.0.1 [::1]",
+            "-retry-join=a",
+            "-retry-join=b",
+        ])
+        .command
+        else {
+            panic!("not the agent command");
+        };
+        let want: Vec<std::net::IpAddr> =
+            vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+        assert_eq!(a.client.unwrap().0, want);
+        assert_eq!(a.retry_join, ["a", "b"]);
+    }
 }

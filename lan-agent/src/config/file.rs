@@ -44,7 +44,7 @@ pub struct FileConfig {
     pub bind_addr: Option<IpAddr>,
     pub advertise_addr: Option<IpAddr>,
     pub advertise_addr_wan: Option<IpAddr>,
-    pub client_addr: Option<IpAddr>,
+    pub client_addr: Option<String>,
     pub domain: Option<String>,
     pub log_level: Option<String>,
     pub log_json: Option<bool>,
@@ -364,7 +364,11 @@ impl FileConfig {
             c.advertise_addr_wan = self.advertise_addr_wan;
         }
         if let Some(a) = self.client_addr {
-            c.client_addr = a;
+            c.client_addrs =
+                super::parse_client_addrs(&a).map_err(|reason| FileError::Invalid {
+                    key: "client_addr".into(),
+                    reason,
+                })?;
         }
         if !c.domain.ends_with('.') {
             c.domain.push('.');

@@ -148,8 +148,9 @@ pub struct Config {
     pub advertise_addr: Option<IpAddr>,
     /// `advertise_addr_wan` / `-advertise-wan`: the node's `wan` tagged address.
     pub advertise_addr_wan: Option<IpAddr>,
-    /// Where HTTP and DNS listen.
-    pub client_addr: IpAddr,
+    /// Where HTTP and DNS listen (`client_addr` takes several, space-separated; the first
+    /// is the one the agent reports).
+    pub client_addrs: Vec<IpAddr>,
     pub ports: Ports,
     pub domain: String,
     pub log_level: String,
@@ -212,7 +213,7 @@ impl Default for Config {
             bind_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             advertise_addr: None,
             advertise_addr_wan: None,
-            client_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            client_addrs: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             ports: Ports::default(),
             domain: "consul.".to_string(),
             log_level: "info".to_string(),
@@ -361,15 +362,62 @@ impl Config {
         SocketAddr::new(self.advertise(), self.ports.server)
     }
 
+    /// The first client address.
+    pub fn client_addr(&self) -> IpAddr {
+        self.client_addrs
+            .first()
+            .copied()
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// The client addresses after the first; HTTP and DNS listen there too, on the port
+    /// the first one got.
+    pub fn more_client_addrs(&self) -> &[IpAddr] {
+        self.client_addrs.get(1..).unwrap_or_default()
+    }
+
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.ports
             .http
-            .map(|p| SocketAddr::new(self.client_addr, p))
+            .map(|p| SocketAddr::new(self.client_addr(), p))
     }
 
     pub fn dns_addr(&self) -> Option<SocketAddr> {
-        self.ports.dns.map(|p| SocketAddr::new(self.client_addr, p))
+        self.ports
+            .dns
+            .map(|p| SocketAddr::new(self.client_addr(), p))
     }
+}
+
+/// `-client`'s value, for clap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAddrs(pub Vec<IpAddr>);
+
+impl std::str::FromStr for ClientAddrs {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_client_addrs(s).map(ClientAddrs)
+    }
+}
+
+/// `client_addr` / `-client`: IP addresses separated by spaces (`[::1]` may keep its
+/// brackets), at least one.
+pub fn parse_client_addrs(s: &str) -> Result<Vec<IpAddr>, String> {
+    let addrs = s
+        .split_whitespace()
+        .map(|a| {
+            let bare = a
+                .strip_prefix('[')
+                .and_then(|x| x.strip_suffix(']'))
+                .unwrap_or(a);
+            bare.parse::<IpAddr>()
+                .map_err(|_| format!("{a:?} is not an IP address"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if addrs.is_empty() {
+        return Err("no address given".into());
+    }
+    Ok(addrs)
 }
 
 fn default_node_name() -> String {
