@@ -342,35 +342,20 @@ async fn start_parts(
                 config: config.dns.clone(),
                 recursors: config.recursors.clone(),
             };
-            let bind_err = |addr| {
-                move |source| AgentError::Bind {
-                    what: "DNS",
-                    addr,
-                    source,
-                }
-            };
-            let bound = dns::serve(
-                addr,
-                rpc.clone(),
-                settings.clone(),
-                &tasks,
-                shutdown.clone(),
-            )
-            .await
-            .map_err(bind_err(addr))?;
-            for ip in config.more_client_addrs() {
-                let addr = SocketAddr::new(*ip, bound.port());
-                dns::serve(
-                    addr,
-                    rpc.clone(),
-                    settings.clone(),
-                    &tasks,
-                    shutdown.clone(),
-                )
-                .await
-                .map_err(bind_err(addr))?;
+            // The first address picks the port (0: any free one); the others take it too.
+            let mut first: Option<SocketAddr> = None;
+            for ip in std::iter::once(addr.ip()).chain(config.more_client_addrs().iter().copied()) {
+                let at = SocketAddr::new(ip, first.map_or(addr.port(), |b| b.port()));
+                let bound = dns::serve(at, rpc.clone(), settings.clone(), &tasks, shutdown.clone())
+                    .await
+                    .map_err(|source| AgentError::Bind {
+                        what: "DNS",
+                        addr: at,
+                        source,
+                    })?;
+                first.get_or_insert(bound);
             }
-            Some(bound)
+            first
         }
         None => None,
     };
