@@ -158,6 +158,23 @@ impl AgentOpts {
     }
 
     pub async fn start(self) -> anyhow::Result<Agent> {
+        // A port found free can be taken before the agent binds it (by another test's
+        // outgoing connection from the same address); then try again on fresh ports.
+        for _ in 0..2 {
+            match self.clone().start_once().await {
+                Err(e)
+                    if self.wrapper.is_empty()
+                        && format!("{e:#}").contains("Address already in use") =>
+                {
+                    eprintln!("retrying an agent start on new ports: {e:#}");
+                }
+                other => return other,
+            }
+        }
+        self.start_once().await
+    }
+
+    async fn start_once(self) -> anyhow::Result<Agent> {
         let ip = self.ip;
         let (port, serf, rpc) = if self.wrapper.is_empty() {
             (free_port(ip), free_udp_tcp_port(ip), free_port(ip))
@@ -331,9 +348,15 @@ impl Agent {
             } else {
                 "/v1/status/leader"
             };
+            // DNS binds after HTTP answers; a test that asks DNS waits for it too.
+            let dns_up = match self.dns {
+                Some(addr) => tokio::net::TcpStream::connect(addr).await.is_ok(),
+                None => true,
+            };
             if let Ok(r) = client.get(self.url(probe)).send().await
                 && r.status().is_success()
                 && r.text().await.unwrap_or_default().len() > 2
+                && dns_up
             {
                 return Ok(());
             }

@@ -205,7 +205,9 @@ impl Server {
                 for s in &sessions {
                     self.inner.timers.reset(s);
                 }
-                self.store_autopilot_defaults().await;
+                // Off the watcher, so a slow first write cannot delay the next change.
+                let s = self.clone();
+                tokio::spawn(async move { s.store_autopilot_defaults().await });
             } else if !leader && was {
                 tracing::info!("this server is no longer the leader");
                 self.inner.timers.clear();
