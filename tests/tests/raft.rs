@@ -896,3 +896,47 @@ async fn autopilot_follows_its_stored_configuration() {
     assert!(!voters.contains(&victim_name), "{voters:?}");
     let _ = std::fs::remove_file(&cfg);
 }
+
+/// Autopilot health follows `LastContactThreshold`: a follower that stops answering is
+/// unhealthy as soon as the leader has not heard from it for that long (before gossip
+/// calls it failed), and healthy again once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn autopilot_health_follows_last_contact() {
+    let c = Cluster::start(3, 130, &[]).await.unwrap();
+    let l = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let leader = &c.servers[l];
+    let r = http_client()
+        .put(leader.url("/v1/operator/autopilot/configuration"))
+        .body(
+            r#"{"CleanupDeadServers": true, "LastContactThreshold": "300ms",
+            "MaxTrailingLogs": 250, "ServerStabilizationTime": "10s"}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let follower = &c.servers[(l + 1) % 3];
+    let health = |want: bool| async move {
+        eventually(Duration::from_secs(10), "the follower's health", || async {
+            let h = leader.get_json("/v1/operator/autopilot/health").await;
+            let s = h["Servers"]
+                .as_array()?
+                .iter()
+                .find(|s| s["Name"] == follower.node.as_str())?
+                .clone();
+            (s["Healthy"] == want).then_some(s)
+        })
+        .await
+        .unwrap()
+    };
+    let ok = health(true).await;
+    assert!(!ok["LastContact"].as_str().unwrap().is_empty(), "{ok}");
+    follower.signal(libc::SIGSTOP);
+    let lost = health(false).await;
+    follower.signal(libc::SIGCONT);
+    assert_eq!(
+        lost["SerfStatus"], "alive",
+        "contact, not gossip, made it unhealthy: {lost}"
+    );
+    health(true).await;
+}

@@ -150,6 +150,8 @@ pub struct RaftSettings {
 #[derive(Debug, Clone, Copy)]
 pub struct Autopilot {
     pub cleanup_dead_servers: bool,
+    /// A follower not heard from for longer is unhealthy.
+    pub last_contact_threshold: Duration,
     pub max_trailing_logs: u64,
     pub min_quorum: u64,
     pub stabilization: Duration,
@@ -243,6 +245,7 @@ pub async fn start(
         log: log.clone(),
         // Until a leader speaks, LastContact counts from the start.
         last_contact: Mutex::new(Some(Instant::now())),
+        follower_contact: Mutex::default(),
         gossip: OnceLock::new(),
     });
     let net = Network::new(shared.clone(), settings.advertise.ip());
@@ -284,6 +287,9 @@ pub struct Shared {
     log: LogStore<TypeConfig>,
     /// When a leader last sent this follower entries or a heartbeat.
     last_contact: Mutex<Option<Instant>>,
+    /// On a leader: when each follower last answered an AppendEntries (autopilot's
+    /// `LastContact`).
+    follower_contact: Mutex<std::collections::HashMap<NodeId, Instant>>,
     /// Set once gossip runs: who is a server.
     gossip: OnceLock<Gossip>,
 }
@@ -293,6 +299,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Shared {
+    fn heard_from(&self, follower: NodeId) {
+        lock(&self.follower_contact).insert(follower, Instant::now());
+    }
+
+    /// How long ago `follower` last answered this leader, if it ever did.
+    fn since_heard(&self, follower: NodeId) -> Option<Duration> {
+        lock(&self.follower_contact)
+            .get(&follower)
+            .map(Instant::elapsed)
+    }
+
     pub fn cluster_id(&self) -> Option<String> {
         lock(&self.cluster_id).clone()
     }
@@ -414,6 +431,7 @@ impl RaftConsensus {
         let Some(c) = stored else {
             return Autopilot {
                 cleanup_dead_servers: true,
+                last_contact_threshold: Duration::from_millis(200),
                 max_trailing_logs: 250,
                 min_quorum: 0,
                 stabilization: self.settings.stabilization,
@@ -421,6 +439,8 @@ impl RaftConsensus {
         };
         Autopilot {
             cleanup_dead_servers: c.cleanup_dead_servers,
+            last_contact_threshold: cairn_shared::duration::parse(&c.last_contact_threshold)
+                .unwrap_or(Duration::from_millis(200)),
             max_trailing_logs: c.max_trailing_logs,
             min_quorum: c.min_quorum,
             stabilization: cairn_shared::duration::parse(&c.server_stabilization_time)
@@ -768,7 +788,11 @@ impl Consensus for RaftConsensus {
             .map(|g| autopilot::servers(g, &self.settings.datacenter))
             .unwrap_or_default();
         let last = m.last_log_index.unwrap_or(0);
-        let trailing = self.autopilot_config().max_trailing_logs;
+        let leading = m.state == ServerState::Leader;
+        let ap = self.autopilot_config();
+        // Below two heartbeats every follower would look lost between them.
+        let heartbeat = Duration::from_millis(self.raft.config().heartbeat_interval);
+        let threshold = ap.last_contact_threshold.max(heartbeat * 2);
         let servers: Vec<AutopilotServer> = config
             .servers
             .into_iter()
@@ -776,7 +800,16 @@ impl Consensus for RaftConsensus {
                 let status = seen
                     .get(&raft_id(&s.id))
                     .map_or("none", |x| x.status.as_str());
-                let healthy = status == "alive" && (s.leader || s.last_index + trailing >= last);
+                let rid = raft_id(&s.id);
+                let contact = if s.leader {
+                    Some(Duration::ZERO)
+                } else {
+                    self.shared.since_heard(rid)
+                };
+                let healthy = status == "alive"
+                    && (s.leader || s.last_index + ap.max_trailing_logs >= last)
+                    // Only a leader hears from followers; elsewhere it is unknown.
+                    && (!leading || contact.is_some_and(|c| c <= threshold));
                 AutopilotServer {
                     id: s.id,
                     name: s.node,
@@ -784,7 +817,9 @@ impl Consensus for RaftConsensus {
                     serf_status: status.into(),
                     version: crate::version::VERSION.into(),
                     leader: s.leader,
-                    last_contact: if s.leader { "0s".into() } else { String::new() },
+                    last_contact: contact
+                        .map(cairn_shared::duration::format)
+                        .unwrap_or_default(),
                     last_term: m.current_term,
                     last_index: s.last_index,
                     healthy,

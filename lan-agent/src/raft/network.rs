@@ -169,6 +169,9 @@ impl RaftNetwork<TypeConfig> for Peer {
         }
         match self.call_frame(frame, &option).await? {
             RaftReply::Append(r) => {
+                if r.is_ok() {
+                    self.net.shared.heard_from(self.target);
+                }
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
             _ => Err(unexpected()),
