@@ -257,6 +257,10 @@ async fn start_parts(
         ));
     }
 
+    let acl = Arc::new(crate::acl::AgentAcl::new(
+        config.acl.clone(),
+        config.data_dir.as_deref(),
+    ));
     let rpc: Arc<dyn Rpc> = match &server {
         Some(s) => {
             tasks.spawn(reconcile_loop(
@@ -279,6 +283,7 @@ async fn start_parts(
     join_at_start(&config, rejoin, &gossip, &tasks, &shutdown, &fatal).await?;
     tasks.spawn(send_coordinates(
         rpc.clone(),
+        acl.clone(),
         gossip.clone(),
         config.node_name.clone(),
         config.datacenter.clone(),
@@ -295,6 +300,7 @@ async fn start_parts(
         rpc: rpc.clone(),
         node: node_info(&config, &node_id),
         sync_interval: SYNC_INTERVAL,
+        acl: acl.clone(),
     };
     tasks.spawn(sync.run(shutdown.clone()));
     let reload = reload_fn(&config, local.clone());
@@ -314,6 +320,7 @@ async fn start_parts(
                 limits: config.limits.clone(),
                 stats: stats_fn(&config, server.clone(), gossip.clone()),
                 started: Instant::now(),
+                acl: acl.clone(),
             };
             let app = http::router(state);
             for listener in std::iter::once(listener).chain(more_http) {
@@ -341,6 +348,7 @@ async fn start_parts(
                 node: config.node_name.clone(),
                 config: config.dns.clone(),
                 recursors: config.recursors.clone(),
+                acl: acl.clone(),
             };
             // The first address picks the port (0: any free one); the others take it too.
             let mut first: Option<SocketAddr> = None;
@@ -654,6 +662,7 @@ const FIRST_COORDINATE: Duration = Duration::from_secs(2);
 
 async fn send_coordinates(
     rpc: Arc<dyn Rpc>,
+    acl: Arc<crate::acl::AgentAcl>,
     gossip: Gossip,
     node: String,
     datacenter: String,
@@ -678,7 +687,7 @@ async fn send_coordinates(
         }
         let req = WriteRequest {
             datacenter: datacenter.clone(),
-            token: String::new(),
+            token: acl.agent_token(),
             op: WriteOp::CoordinateUpdate(CoordinateEntry {
                 node: node.clone(),
                 segment: String::new(),
@@ -793,6 +802,13 @@ fn server_config(config: &Config) -> ServerConfig {
         max_query_time: config.max_query_time,
         session_ttl_min: config.session_ttl_min,
         autopilot: config.autopilot.clone(),
+        acl: crate::server::AclSettings {
+            enabled: config.acl.enabled,
+            default_allow: config.acl.default_allow,
+            enable_key_list_policy: config.acl.enable_key_list_policy,
+            initial_management: config.acl.tokens.initial_management.clone(),
+            data_dir: config.data_dir.clone(),
+        },
         ..ServerConfig::new(&config.datacenter)
     }
 }

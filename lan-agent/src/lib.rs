@@ -15,6 +15,7 @@
 //!
 //! `main.rs` only parses arguments and hands over to [`cli::run`].
 
+pub mod acl;
 pub mod agent;
 pub mod catalog;
 pub mod cli;

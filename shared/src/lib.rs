@@ -13,6 +13,7 @@
 //! feature adds the runtime parts both binaries share: the gossip driver and transports
 //! ([`gossip`]), the RPC client and accept loop ([`rpc`]).
 
+pub mod acl;
 pub mod api;
 #[cfg(feature = "cli")]
 pub mod argv;

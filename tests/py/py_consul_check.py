@@ -8,8 +8,10 @@ blocking get woken by a write, check notes reaching the health endpoints, sessio
 prepared queries (create, list, get, execute by name and ID, explain, delete) and the
 operator endpoints (Raft configuration, usage, autopilot configuration with
 check-and-set, autopilot health, leadership transfer) and config entries (write with
-check-and-set, read, list with a filter, delete). Exits non-zero on the first failed
-expectation.
+check-and-set, read, list with a filter, delete). A second agent with ACLs on (default
+deny) is driven through py-consul's ACL API: policies, roles, tokens with clone and
+delete, the agent token endpoint, and refusals as `ACLPermissionDenied`. Exits non-zero
+on the first failed expectation.
 """
 
 import base64
@@ -32,16 +34,16 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_agent(binary):
+def start_agent(binary, *extra, token=None):
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="cairn-py-", suffix=".log", delete=False)
     proc = subprocess.Popen(
-        [binary, "agent", "-dev", f"-http-port={port}", "-dns-port=-1", "-node=py-node"],
+        [binary, "agent", "-dev", f"-http-port={port}", "-dns-port=-1", "-node=py-node", *extra],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
     )
-    c = consul.Consul(host="127.0.0.1", port=port)
+    c = consul.Consul(host="127.0.0.1", port=port, token=token)
     deadline = time.time() + 20
     while time.time() < deadline:
         try:
@@ -252,6 +254,67 @@ def check_config_entries(c):
     assert c.config.list("service-defaults") == []
 
 
+MGMT = "5e6d3c0a-7f1b-4c2d-9e8f-0a1b2c3d4e5f"
+
+
+def check_acl(binary):
+    """ACLs on with default deny, through py-consul's ACL API."""
+    cfg = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+    json.dump({"acl": {"enabled": True, "default_policy": "deny",
+                       "tokens": {"initial_management": MGMT}}}, cfg)
+    cfg.close()
+    proc, c, log = start_agent(binary, f"-config-file={cfg.name}", token=MGMT)
+    anon = consul.Consul(host=c.http.host, port=c.http.port)
+    try:
+        me = c.acl.token.read_self()
+        assert me["Policies"][0]["Name"] == "global-management", me
+        try:
+            anon.kv.put("py/x", "1")
+            raise AssertionError("an anonymous write must be refused")
+        except consul.ACLPermissionDenied as e:
+            assert "Permission denied" in str(e), e
+        # py-consul sends rules as JSON.
+        policy = c.acl.policy.create("py-kv", rules={"key_prefix": {"py/": {"policy": "write"}}})
+        assert policy["Name"] == "py-kv" and policy["ID"], policy
+        assert "py-kv" in [p["Name"] for p in c.acl.policy.list()]
+        role = c.acl.role.create("py-role", policies_name=["py-kv"])
+        assert c.acl.role.read_by_name("py-role")["ID"] == role["ID"]
+        token = c.acl.token.create(description="py", roles_name=["py-role"])
+        user = consul.Consul(host=c.http.host, port=c.http.port, token=token["SecretID"])
+        assert user.kv.put("py/x", "1") is True
+        try:
+            user.kv.put("other/x", "1")
+            raise AssertionError("a write outside the policy must be refused")
+        except consul.ACLPermissionDenied:
+            pass
+        copy = c.acl.token.clone(token["AccessorID"], description="py copy")
+        assert copy["SecretID"] != token["SecretID"] and copy["Description"] == "py copy"
+        listed = [t["AccessorID"] for t in c.acl.token.list()]
+        assert token["AccessorID"] in listed and copy["AccessorID"] in listed, listed
+        assert c.acl.token.delete(copy["AccessorID"]) is True
+        try:
+            c.acl.token.read(copy["AccessorID"])
+            raise AssertionError("a deleted token must be gone")
+        except consul.ACLPermissionDenied as e:
+            assert "ACL not found" in str(e), e
+        assert c.agent.token.set("default", token["SecretID"]) is True
+        _, entry = anon.kv.get("py/x")
+        assert entry["Value"] == b"1", entry
+        try:
+            user.acl.policy.create("sneaky")
+            raise AssertionError("a key token must not manage ACLs")
+        except consul.ACLPermissionDenied:
+            pass
+    except Exception:
+        print(open(log).read(), file=sys.stderr)
+        raise
+    finally:
+        proc.kill()
+        proc.wait()
+        os.unlink(log)
+        os.unlink(cfg.name)
+
+
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else "target/debug/cairn"
     proc, c, log = start_agent(binary)
@@ -268,6 +331,8 @@ def main():
         proc.kill()
         proc.wait()
         os.unlink(log)
+    check_acl(binary)
+    print("ok   check_acl")
     print("py-consul: all checks passed")
 
 

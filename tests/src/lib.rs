@@ -353,12 +353,17 @@ impl Agent {
                 Some(addr) => tokio::net::TcpStream::connect(addr).await.is_ok(),
                 None => true,
             };
+            // Under ACLs a refusal also proves the agent answers.
             if let Ok(r) = client.get(self.url(probe)).send().await
-                && r.status().is_success()
-                && r.text().await.unwrap_or_default().len() > 2
                 && dns_up
             {
-                return Ok(());
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                if (status.is_success() && body.len() > 2)
+                    || (status == reqwest::StatusCode::FORBIDDEN && self.client)
+                {
+                    return Ok(());
+                }
             }
             if Instant::now() > deadline {
                 bail!("agent not ready in {within:?}: {}", self.log_text());

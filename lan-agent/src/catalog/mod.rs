@@ -11,6 +11,7 @@
 //! a transaction rolls back, and that report what changed ([`Change`]) so blocking queries
 //! are woken only when what they read moved ([`watch`]).
 
+pub mod acl;
 mod kv;
 pub mod prepared;
 mod query;
@@ -86,6 +87,9 @@ pub enum Table {
     PreparedQueries,
     Autopilot,
     ConfigEntries,
+    AclTokens,
+    AclPolicies,
+    AclRoles,
 }
 
 /// Entry counts per kind.
@@ -171,6 +175,9 @@ pub struct Store {
     /// Config entries by kind, then name.
     #[serde(default)]
     config_entries: BTreeMap<String, BTreeMap<String, ConfigEntry>>,
+    /// Tokens, policies and roles.
+    #[serde(default)]
+    acl: acl::AclState,
     #[serde(skip)]
     journal: Option<Vec<Undo>>,
     #[serde(skip)]
@@ -338,6 +345,7 @@ impl Store {
                 self.bump(Table::Autopilot, idx);
                 Ok(WriteResult::Bool(true))
             }
+            WriteOp::Acl(op) => self.acl_apply(idx, now, op),
             WriteOp::SnapshotUpload { .. } => Err(RpcError::internal(
                 "invariant: snapshot uploads are gathered by the leader, not logged",
             )),
@@ -360,6 +368,9 @@ impl Store {
             Table::PreparedQueries,
             Table::Autopilot,
             Table::ConfigEntries,
+            Table::AclTokens,
+            Table::AclPolicies,
+            Table::AclRoles,
         ] {
             self.table_index.insert(t, idx);
         }
@@ -421,6 +432,19 @@ impl Store {
 
     fn table(&self, t: Table) -> u64 {
         self.table_index.get(&t).copied().unwrap_or(0)
+    }
+
+    /// A table's last-modified index (0: never written).
+    pub fn table_index(&self, t: Table) -> u64 {
+        self.table(t)
+    }
+
+    pub fn service_of(&self, node: &str, id: &str) -> Option<&NodeService> {
+        self.services.get(&(node.to_string(), id.to_string()))
+    }
+
+    pub fn check_of(&self, node: &str, id: &str) -> Option<&HealthCheck> {
+        self.checks.get(&(node.to_string(), id.to_string()))
     }
 
     // ---- primitives: every mutation goes through these ----

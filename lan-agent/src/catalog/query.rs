@@ -304,6 +304,62 @@ impl Store {
                         .collect(),
                 ),
             ),
+            Query::AclTokens { policy, role } => (
+                self.table(Table::AclTokens),
+                QueryResult::AclTokens(
+                    self.acl
+                        .tokens()
+                        .filter(|t| policy.is_empty() || t.policies.iter().any(|l| &l.id == policy))
+                        .filter(|t| role.is_empty() || t.roles.iter().any(|l| &l.id == role))
+                        .map(|t| self.acl.show_token(t))
+                        .collect(),
+                ),
+            ),
+            Query::AclToken { accessor_id } => (
+                self.table(Table::AclTokens),
+                QueryResult::AclTokens(
+                    self.acl
+                        .token(accessor_id)
+                        .map(|t| self.acl.show_token(t))
+                        .into_iter()
+                        .collect(),
+                ),
+            ),
+            Query::AclPolicies => (
+                self.table(Table::AclPolicies),
+                QueryResult::AclPolicies(self.acl.policies().cloned().collect()),
+            ),
+            Query::AclPolicy { id, by_name } => (
+                self.table(Table::AclPolicies),
+                QueryResult::AclPolicies(
+                    self.acl.policy(id, *by_name).cloned().into_iter().collect(),
+                ),
+            ),
+            Query::AclRoles { policy } => (
+                self.table(Table::AclRoles),
+                QueryResult::AclRoles(
+                    self.acl
+                        .roles()
+                        .filter(|r| policy.is_empty() || r.policies.iter().any(|l| &l.id == policy))
+                        .map(|r| self.acl.show_role(r))
+                        .collect(),
+                ),
+            ),
+            Query::AclRole { id, by_name } => (
+                self.table(Table::AclRoles),
+                QueryResult::AclRoles(
+                    self.acl
+                        .role(id, *by_name)
+                        .map(|r| self.acl.show_role(r))
+                        .into_iter()
+                        .collect(),
+                ),
+            ),
+            Query::AclTokenSelf | Query::AclResolve => {
+                return Err(RpcError::internal(
+                    "invariant: the token's own reads are answered by the server",
+                ));
+            }
             Query::AutopilotConfiguration => (
                 self.table(Table::Autopilot),
                 QueryResult::AutopilotConfiguration(self.autopilot.clone()),
@@ -403,7 +459,17 @@ impl Store {
                 WatchKey::Table(Table::Nodes),
                 WatchKey::Table(Table::Services),
             ],
+            Query::AclTokenSelf | Query::AclResolve => Vec::new(),
             Query::AutopilotConfiguration => vec![WatchKey::Table(Table::Autopilot)],
+            Query::AclTokens { .. } | Query::AclToken { .. } => {
+                vec![WatchKey::Table(Table::AclTokens)]
+            }
+            Query::AclPolicies | Query::AclPolicy { .. } => {
+                vec![WatchKey::Table(Table::AclPolicies)]
+            }
+            Query::AclRoles { .. } | Query::AclRole { .. } => {
+                vec![WatchKey::Table(Table::AclRoles)]
+            }
             Query::ConfigEntries { .. } | Query::ConfigEntry { .. } => {
                 vec![WatchKey::Table(Table::ConfigEntries)]
             }

@@ -74,6 +74,35 @@ pub struct FileConfig {
     pub performance: Option<PerformanceFile>,
     pub raft_snapshot_threshold: Option<u64>,
     pub autopilot: Option<AutopilotFile>,
+    pub acl: Option<AclFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AclFile {
+    pub enabled: Option<bool>,
+    pub default_policy: Option<String>,
+    pub down_policy: Option<String>,
+    pub policy_ttl: Option<String>,
+    pub role_ttl: Option<String>,
+    pub token_ttl: Option<String>,
+    pub enable_key_list_policy: Option<bool>,
+    pub enable_token_persistence: Option<bool>,
+    pub tokens: Option<AclTokensFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AclTokensFile {
+    pub initial_management: Option<String>,
+    /// Consul's older name for `initial_management`.
+    pub master: Option<String>,
+    pub default: Option<String>,
+    pub agent: Option<String>,
+    pub agent_recovery: Option<String>,
+    /// Consul's older name for `agent_recovery`.
+    pub agent_master: Option<String>,
+    pub replication: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -265,6 +294,74 @@ fn dur(key: &str, v: &str) -> Result<Duration, FileError> {
     })
 }
 
+fn apply_acl(acl: &mut super::AclConfig, a: AclFile) -> Result<(), FileError> {
+    if let Some(b) = a.enabled {
+        acl.enabled = b;
+    }
+    if let Some(p) = a.default_policy {
+        acl.default_allow = match p.as_str() {
+            "allow" => true,
+            "deny" => false,
+            _ => {
+                return Err(FileError::Invalid {
+                    key: "acl.default_policy".into(),
+                    reason: format!("must be \"allow\" or \"deny\", got {p:?}"),
+                });
+            }
+        };
+    }
+    if let Some(p) = a.down_policy {
+        if !matches!(
+            p.as_str(),
+            "allow" | "deny" | "extend-cache" | "async-cache"
+        ) {
+            return Err(FileError::Invalid {
+                key: "acl.down_policy".into(),
+                reason: format!("must be one of allow, deny, extend-cache, async-cache, got {p:?}"),
+            });
+        }
+        acl.down_policy = p;
+    }
+    if let Some(t) = a.token_ttl {
+        acl.token_ttl = dur("acl.token_ttl", &t)?;
+    }
+    for (key, v) in [
+        ("acl.policy_ttl", a.policy_ttl),
+        ("acl.role_ttl", a.role_ttl),
+    ] {
+        if let Some(t) = v {
+            dur(key, &t)?;
+        }
+    }
+    if let Some(b) = a.enable_key_list_policy {
+        acl.enable_key_list_policy = b;
+    }
+    if let Some(b) = a.enable_token_persistence {
+        acl.enable_token_persistence = b;
+    }
+    if let Some(t) = a.tokens {
+        let tk = &mut acl.tokens;
+        // The newer names win over Consul's older ones.
+        let pick = |new: Option<String>, old: Option<String>| new.or(old);
+        if let Some(v) = pick(t.initial_management, t.master) {
+            tk.initial_management = v;
+        }
+        if let Some(v) = pick(t.agent_recovery, t.agent_master) {
+            tk.agent_recovery = v;
+        }
+        for (slot, v) in [
+            (&mut tk.default, t.default),
+            (&mut tk.agent, t.agent),
+            (&mut tk.replication, t.replication),
+        ] {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn port(key: &str, v: i32) -> Result<Option<u16>, FileError> {
     match v {
         -1 => Ok(None),
@@ -356,6 +453,9 @@ impl FileConfig {
             if let Some(n) = a.min_quorum {
                 ap.min_quorum = n;
             }
+        }
+        if let Some(a) = self.acl {
+            apply_acl(&mut c.acl, a)?;
         }
         if self.advertise_addr.is_some() {
             c.advertise_addr = self.advertise_addr;

@@ -121,6 +121,49 @@ pub enum ConfigError {
     File(#[from] file::FileError),
 }
 
+/// The `acl` block of the agent's config.
+#[derive(Debug, Clone)]
+pub struct AclConfig {
+    pub enabled: bool,
+    /// `default_policy = "allow"` (Consul's default) or `"deny"`.
+    pub default_allow: bool,
+    /// `down_policy`: how a client agent decides while no server answers.
+    pub down_policy: String,
+    /// How long a client agent trusts a token it resolved (`token_ttl`).
+    pub token_ttl: Duration,
+    pub enable_key_list_policy: bool,
+    pub enable_token_persistence: bool,
+    pub tokens: AclTokens,
+}
+
+impl Default for AclConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            default_allow: true,
+            down_policy: "extend-cache".into(),
+            token_ttl: Duration::from_secs(30),
+            enable_key_list_policy: false,
+            enable_token_persistence: false,
+            tokens: AclTokens::default(),
+        }
+    }
+}
+
+/// `acl.tokens`: secrets the agent itself uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AclTokens {
+    /// Created as a management token when the first leader sets ACLs up.
+    pub initial_management: String,
+    /// Used for requests that carry none, and for DNS.
+    pub default: String,
+    /// The agent's own catalog and coordinate writes.
+    pub agent: String,
+    /// Allows the agent endpoints while the servers are unreachable.
+    pub agent_recovery: String,
+    pub replication: String,
+}
+
 /// Consul refuses shorter reconnect timeouts.
 const MIN_RECONNECT_TIMEOUT: Duration = Duration::from_secs(8 * 3600);
 
@@ -144,6 +187,8 @@ pub struct Config {
     pub server_stabilization_time: Duration,
     /// The `autopilot` block: what the first leader stores as autopilot's settings.
     pub autopilot: cairn_shared::api::AutopilotConfig,
+    /// The `acl` block.
+    pub acl: AclConfig,
     pub bind_addr: IpAddr,
     pub advertise_addr: Option<IpAddr>,
     /// `advertise_addr_wan` / `-advertise-wan`: the node's `wan` tagged address.
@@ -210,6 +255,7 @@ impl Default for Config {
             raft_snapshot_threshold: 16_384,
             server_stabilization_time: Duration::from_secs(10),
             autopilot: Default::default(),
+            acl: AclConfig::default(),
             bind_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             advertise_addr: None,
             advertise_addr_wan: None,

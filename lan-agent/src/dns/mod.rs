@@ -50,6 +50,8 @@ pub struct DnsSettings {
     pub node: String,
     pub config: DnsConfig,
     pub recursors: Vec<SocketAddr>,
+    /// DNS carries no token: lookups act as the agent's default token.
+    pub acl: Arc<crate::acl::AgentAcl>,
 }
 
 /// The request handler.
@@ -161,6 +163,7 @@ impl ConsulDns {
             } else {
                 Consistency::Default
             },
+            token: self.settings.acl.default_token(),
             ..QueryOptions::default()
         }
     }
@@ -341,7 +344,8 @@ impl ConsulDns {
     ) -> Answer {
         let query = Self::health_query(name, tag);
         let key = cache::Key::new(owner, qtype);
-        let current = if self.settings.config.allow_stale {
+        // An ACL change moves no catalog index, so with ACLs on nothing is cached.
+        let current = if self.settings.config.allow_stale && !self.settings.acl.enabled() {
             self.rpc.local_index(&query, dc.unwrap_or_default())
         } else {
             None

@@ -14,7 +14,10 @@ use axum::routing::{get, put};
 use cairn_shared::api::{AgentService, CheckStatus, HealthCheck};
 use serde::Deserialize;
 
+use cairn_shared::acl::{Access, Resource};
+
 use super::error::{ApiError, ApiResult};
+use super::guard::Authz;
 use super::{HttpState, Params, json, methods, path_tail};
 use crate::filter::fields::{self, Fields};
 use crate::local::definition::{CheckType, ServiceDefinition};
@@ -98,31 +101,44 @@ fn filtered<T: serde::Serialize>(
 
 type ApiResult2<T> = Result<std::collections::BTreeMap<String, T>, ApiError>;
 
-async fn services(State(st): State<HttpState>, uri: Uri) -> ApiResult {
+async fn services(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
     let params = Params::parse(uri.query());
+    let authz = Authz::of(&st, &uri, &headers).await?;
     let dc = &st.info.datacenter;
     let items = st
         .local
         .state
         .services()
         .into_iter()
+        .filter(|s| authz.can(Resource::Service, &s.service.service, Access::Read))
         .map(|s| (s.service.id.clone(), AgentService::new(&s.service, dc)))
         .collect();
     let map = filtered(&params, &fields::AGENT_SERVICES, items)?;
     Ok(json(&st, &params, StatusCode::OK, &map))
 }
 
-async fn checks(State(st): State<HttpState>, uri: Uri) -> ApiResult {
+async fn checks(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
     let params = Params::parse(uri.query());
+    let authz = Authz::of(&st, &uri, &headers).await?;
     let items = st
         .local
         .state
         .checks()
         .into_iter()
+        .filter(|c| check_readable(&authz, &c.check))
         .map(|c| (c.check.check_id.clone(), c.check))
         .collect();
     let map = filtered(&params, &fields::CHECKS, items)?;
     Ok(json(&st, &params, StatusCode::OK, &map))
+}
+
+/// A node check needs `node:read`; a service's check needs `service:read` on it.
+fn check_readable(authz: &Authz, c: &HealthCheck) -> bool {
+    if c.service_id.is_empty() {
+        authz.can(Resource::Node, &c.node, Access::Read)
+    } else {
+        authz.can(Resource::Service, &c.service_name, Access::Read)
+    }
 }
 
 /// A stable hash of the service as shown, for `ContentHash`.
@@ -160,11 +176,13 @@ async fn decode<T: serde::de::DeserializeOwned>(
 async fn register_service(State(st): State<HttpState>, req: Request) -> ApiResult {
     let params = Params::parse(req.uri().query());
     let token = super::params::token(&params, req.headers());
+    let authz = Authz::of(&st, req.uri(), req.headers()).await?;
     let replace = matches!(
         params.get("replace-existing-checks"),
         Some("" | "true" | "1")
     );
     let def: ServiceDefinition = decode(&st, req).await?;
+    authz.require(Resource::Service, &def.name, Access::Write)?;
     let token = if def.token.is_empty() {
         token
     } else {
@@ -183,7 +201,19 @@ async fn deregister_service(State(st): State<HttpState>, uri: Uri) -> ApiResult 
 async fn register_check(State(st): State<HttpState>, req: Request) -> ApiResult {
     let params = Params::parse(req.uri().query());
     let token = super::params::token(&params, req.headers());
+    let authz = Authz::of(&st, req.uri(), req.headers()).await?;
     let def: CheckType = decode(&st, req).await?;
+    match def.service_id.as_str() {
+        "" => authz.require(Resource::Node, &st.info.node_name, Access::Write)?,
+        id => {
+            let name = st
+                .local
+                .state
+                .service(id)
+                .map_or_else(|| id.to_string(), |s| s.service.service);
+            authz.require(Resource::Service, &name, Access::Write)?;
+        }
+    }
     let token = if def.token.is_empty() {
         token
     } else {

@@ -4,6 +4,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::{get, put};
+use cairn_shared::acl::{Access, Resource};
 use cairn_shared::rpc::{Consistency, QueryMeta, timeouts};
 
 use super::error::{ApiError, ApiResult};
@@ -61,11 +62,15 @@ async fn list(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiR
             (index, events) = st.events.list(name.as_deref());
         }
     }
+    let authz = super::guard::Authz::of(&st, &uri, &headers).await?;
+    let before = events.len();
+    events.retain(|e| authz.can(Resource::Event, &e.name, Access::Read));
     let meta = QueryMeta {
         index,
         known_leader: true,
         last_contact_ms: 0,
         consistency: Consistency::Default,
+        filtered_by_acls: events.len() < before,
     };
     Ok(query_json(&st, &params, &meta, &events))
 }

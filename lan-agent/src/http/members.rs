@@ -3,7 +3,7 @@
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, put};
 use serde::Deserialize;
@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
 use super::{HttpState, Params, json, methods, path_tail};
+use cairn_shared::acl::{Access, Resource};
 use cairn_shared::rpc::{Query, QueryOptions, QueryResult, ReadRequest};
 
 use crate::gossip::{GossipError, KeyOp, KeyringReport, MemberInfo};
@@ -66,8 +67,14 @@ fn member_json_parts(
     })
 }
 
-async fn members(State(st): State<HttpState>, uri: Uri) -> ApiResult {
+async fn members(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
     let params = Params::parse(uri.query());
+    let authz = super::guard::Authz::of(&st, &uri, &headers).await?;
+    let readable = |m: &Value| {
+        m["Name"]
+            .as_str()
+            .is_some_and(|n| authz.can(Resource::Node, n, Access::Read))
+    };
     let expr = params.get("filter").unwrap_or_default();
     let filter = crate::filter::parse_for(expr, &crate::filter::fields::MEMBERS)
         .map_err(|e| ApiError::internal(e.consul_message()))?;
@@ -85,7 +92,7 @@ async fn members(State(st): State<HttpState>, uri: Uri) -> ApiResult {
                 QueryResult::WanMembers(members) => members
                     .iter()
                     .map(|m| member_json_parts(&m.name, m.addr, &m.tags, m.status))
-                    .filter(|m| filter.matches(m))
+                    .filter(|m| filter.matches(m) && readable(m))
                     .collect(),
                 _ => Vec::new(),
             }
@@ -95,7 +102,7 @@ async fn members(State(st): State<HttpState>, uri: Uri) -> ApiResult {
             .members()
             .iter()
             .map(member_json)
-            .filter(|m| filter.matches(m))
+            .filter(|m| filter.matches(m) && readable(m))
             .collect()
     };
     Ok(json(&st, &params, StatusCode::OK, &list))

@@ -9,6 +9,7 @@
 //! [`ReadRequest`]: cairn_shared::rpc::ReadRequest
 //! [`WriteRequest`]: cairn_shared::rpc::WriteRequest
 
+mod acl;
 mod agent;
 mod agent_local;
 pub(crate) use agent::civil_from_days;
@@ -18,6 +19,7 @@ mod coordinate;
 pub mod decode;
 pub mod error;
 mod event;
+mod guard;
 mod health;
 mod kv;
 mod members;
@@ -80,6 +82,8 @@ pub struct HttpState {
     pub limits: Limits,
     pub stats: StatsFn,
     pub started: Instant,
+    /// The agent's ACL tokens and its checks of its own endpoints.
+    pub acl: Arc<crate::acl::AgentAcl>,
 }
 
 /// Sections of `Stats` in `/v1/agent/self`, each a map of string values.
@@ -125,8 +129,11 @@ pub fn router(state: HttpState) -> Router {
         .merge(query::router())
         .merge(config::router())
         .merge(mesh::router())
+        .merge(acl::router())
         .route("/", methods(get(index), "GET"))
         .fallback(unknown_path)
+        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
+        .layer(middleware::from_fn_with_state(state.clone(), acl_defaults))
         .layer(middleware::from_fn(consul_rules))
         .with_state(state)
 }
@@ -193,9 +200,34 @@ async fn unknown_path(req: Request) -> Response {
     (StatusCode::NOT_FOUND, body).into_response()
 }
 
+/// A request without a token acts as the agent's `default` token; every answer says
+/// which default policy applies (`X-Consul-Default-ACL-Policy`, sent with ACLs off too).
+async fn acl_defaults(State(st): State<HttpState>, mut req: Request, next: Next) -> Response {
+    let given = params::token(&Params::parse(req.uri().query()), req.headers());
+    if given.is_empty() {
+        let default = st.acl.default_token();
+        if let Ok(v) = HeaderValue::from_str(&default)
+            && !default.is_empty()
+        {
+            req.headers_mut().insert("x-consul-token", v);
+        }
+    }
+    let mut resp = next.run(req).await;
+    let policy = if !st.acl.enabled() || st.acl.settings.default_allow {
+        "allow"
+    } else {
+        "deny"
+    };
+    resp.headers_mut().insert(
+        "x-consul-default-acl-policy",
+        HeaderValue::from_static(policy),
+    );
+    resp
+}
+
 /// Rules Consul applies to every request: paths with unprintable characters (after
-/// percent-decoding, so `%0a` counts) get an empty 400; every answer carries
-/// `X-Consul-Default-ACL-Policy`; requests are counted and timed.
+/// percent-decoding, so `%0a` counts) get an empty 400;
+/// requests are counted and timed.
 async fn consul_rules(req: Request, next: Next) -> Response {
     if has_unprintable(req.uri().path()) {
         return StatusCode::BAD_REQUEST.into_response();
@@ -203,10 +235,6 @@ async fn consul_rules(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let started = Instant::now();
     let mut resp = next.run(req).await;
-    resp.headers_mut().insert(
-        "x-consul-default-acl-policy",
-        HeaderValue::from_static("allow"),
-    );
     // A refused oversize body was not read to the end; the connection cannot be reused.
     if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
         resp.headers_mut()
@@ -307,6 +335,13 @@ pub(crate) fn set_meta(headers: &mut HeaderMap, meta: &QueryMeta) {
         "x-consul-effective-consistency",
         meta.consistency.header_value().to_string(),
     );
+    if meta.filtered_by_acls {
+        put(
+            headers,
+            "x-consul-results-filtered-by-acls",
+            "true".to_string(),
+        );
+    }
 }
 
 /// A read's answer: JSON plus its meta headers.

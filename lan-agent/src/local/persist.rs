@@ -90,14 +90,7 @@ impl Persist {
             path: path.clone(),
             source,
         })?;
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&body).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&dir))?;
-        Ok(())
+        write_via(&tmp, &path, &body).map_err(io(&path))
     }
 
     fn remove(&self, kind: &str, id: &str) -> Result<(), PersistError> {
@@ -171,6 +164,28 @@ impl Persist {
     pub fn ttls(&self) -> Result<Vec<SavedTtl>, PersistError> {
         self.load("ttl")
     }
+}
+
+/// Writes `body` to `path` through `tmp`: fsynced, renamed, the directory fsynced, so a
+/// crash leaves the old file or the new one, never half of one.
+fn write_via(tmp: &Path, path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(tmp)?;
+    f.write_all(body)?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// [`write_via`] with a hidden temporary file beside `path`.
+pub fn write_atomic(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    write_via(&path.with_file_name(format!(".{name}.tmp")), path, body)
 }
 
 #[cfg(test)]

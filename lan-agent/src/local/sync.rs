@@ -42,6 +42,8 @@ pub struct AntiEntropy {
     pub node: NodeInfo,
     /// How often to compare with the catalog in full.
     pub sync_interval: Duration,
+    /// Its writes carry the agent's token.
+    pub acl: Arc<crate::acl::AgentAcl>,
 }
 
 impl AntiEntropy {
@@ -49,7 +51,7 @@ impl AntiEntropy {
         let n = &self.node;
         WriteRequest {
             datacenter: String::new(),
-            token: String::new(),
+            token: self.acl.agent_token(),
             op: WriteOp::CatalogRegister(Box::new(RegisterRequest {
                 id: n.id.clone(),
                 node: n.node.clone(),
@@ -68,7 +70,7 @@ impl AntiEntropy {
     fn deregister(&self, service_id: &str, check_id: &str) -> WriteRequest {
         WriteRequest {
             datacenter: String::new(),
-            token: String::new(),
+            token: self.acl.agent_token(),
             op: WriteOp::CatalogDeregister(DeregisterRequest {
                 node: self.node.node.clone(),
                 datacenter: String::new(),

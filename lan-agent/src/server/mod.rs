@@ -6,6 +6,7 @@
 //! timers and the tombstone reaper. Everything that depends on state is decided in
 //! [`crate::catalog::Store::apply`], so it is replicated deterministically.
 
+mod acl;
 pub mod consensus;
 mod coordinates;
 mod prepared;
@@ -22,8 +23,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cairn_shared::api::{AutopilotConfig, Session, SessionBehavior};
 use cairn_shared::rpc::{
-    Consistency, ErrorKind, Query, QueryMeta, QueryResult, ReadRequest, ReadResponse, RpcError,
-    WriteOp, WriteRequest, WriteResult,
+    AclOp, Consistency, ErrorKind, Query, QueryMeta, QueryResult, ReadRequest, ReadResponse,
+    RpcError, WriteOp, WriteRequest, WriteResult,
 };
 use cairn_shared::{api, duration};
 use rand::Rng;
@@ -57,6 +58,7 @@ pub struct ServerConfig {
     pub coordinate_batch_period: Duration,
     /// Autopilot's settings a first leader stores (the `autopilot` config block).
     pub autopilot: AutopilotConfig,
+    pub acl: AclSettings,
 }
 
 impl ServerConfig {
@@ -69,9 +71,12 @@ impl ServerConfig {
             tombstone_ttl: Duration::from_secs(15 * 60),
             coordinate_batch_period: Duration::from_secs(5),
             autopilot: Default::default(),
+            acl: AclSettings::default(),
         }
     }
 }
+
+pub use acl::{AclSettings, rfc3339};
 
 /// Largest snapshot `PUT /v1/snapshot` restores.
 pub const MAX_RESTORE: usize = 512 * 1024 * 1024;
@@ -147,6 +152,8 @@ struct Inner {
     wan: OnceLock<WanRoutes>,
     /// Snapshots being saved or uploaded in pieces.
     transfers: snapshots::Transfers,
+    /// Compiled ACL authorizers by token secret.
+    authz: acl::AuthzCache,
 }
 
 impl Server {
@@ -173,6 +180,7 @@ impl Server {
                 forwarder: RpcClient::default(),
                 wan: OnceLock::new(),
                 transfers: snapshots::Transfers::default(),
+                authz: acl::AuthzCache::default(),
             }),
         };
         let s = server.clone();
@@ -181,6 +189,9 @@ impl Server {
         let s = server.clone();
         let stop = shutdown.clone();
         tasks.spawn(async move { tombstones::reap_loop(s, stop).await });
+        let s = server.clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move { s.reap_expired_tokens(stop).await });
         let s = server.clone();
         let stop = shutdown.clone();
         let period = server.inner.config.coordinate_batch_period;
@@ -206,8 +217,20 @@ impl Server {
                     self.inner.timers.reset(s);
                 }
                 // Off the watcher, so a slow first write cannot delay the next change.
+                // A first write can fail while the new term settles: try again while leading.
                 let s = self.clone();
-                tokio::spawn(async move { s.store_autopilot_defaults().await });
+                let lead = rx.clone();
+                tokio::spawn(async move {
+                    for _ in 0..20 {
+                        if !*lead.borrow() {
+                            return;
+                        }
+                        if s.store_autopilot_defaults().await && s.store_acl_defaults().await {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                });
             } else if !leader && was {
                 tracing::info!("this server is no longer the leader");
                 self.inner.timers.clear();
@@ -222,16 +245,20 @@ impl Server {
 
     /// A first leader writes the configured autopilot settings through the log, as Consul
     /// does, so every server's autopilot and `/v1/operator/autopilot/configuration` agree.
-    async fn store_autopilot_defaults(&self) {
+    async fn store_autopilot_defaults(&self) -> bool {
         if self.inner.state.read(|s| s.autopilot_config().is_some()) {
-            return;
+            return true;
         }
         let op = WriteOp::AutopilotSetConfig {
             config: self.inner.config.autopilot.clone(),
             cas: Some(0),
         };
-        if let Err(e) = self.propose(CommandOp::Client(op)).await {
-            tracing::debug!(error = %e, "could not store autopilot's settings yet");
+        match self.propose(CommandOp::Client(op)).await {
+            Err(e) => {
+                tracing::debug!(error = %e, "could not store autopilot's settings yet");
+                false
+            }
+            Ok(_) => true,
         }
     }
 
@@ -346,6 +373,7 @@ impl Server {
             known_leader: status.leader_addr.is_some(),
             last_contact_ms: status.last_contact_ms,
             consistency: req.options.consistency,
+            filtered_by_acls: false,
         }
     }
 
@@ -442,6 +470,19 @@ impl Server {
                 )),
             };
         }
+        self.authorize_read(&req.options.token, &req.query)?;
+        let token = req.options.token.clone();
+        let mut resp = self.route_read_here(req, may_forward).await?;
+        self.filter_read(&token, &mut resp)?;
+        Ok(resp)
+    }
+
+    /// A read of this datacenter, allowed by its token, before filtering.
+    async fn route_read_here(
+        &self,
+        req: ReadRequest,
+        may_forward: bool,
+    ) -> Result<ReadResponse, RpcError> {
         let local_only = matches!(
             req.query,
             Query::Leader
@@ -449,6 +490,8 @@ impl Server {
                 | Query::Datacenters
                 | Query::WanMembers
                 | Query::WanCoordinates
+                | Query::AclTokenSelf
+                | Query::AclResolve
         ) || req.options.consistency == Consistency::Stale;
         if let Query::SnapshotPart { handle, .. } = &req.query {
             return self.read_snapshot_part(req.clone(), handle).await;
@@ -485,6 +528,7 @@ impl Server {
                 )),
             };
         }
+        self.authorize_write(&req.token, &req.op)?;
         match self
             .via_leader(Body::LeaderWrite(req), WRITE_TIMEOUT, may_forward)
             .await?
@@ -528,6 +572,19 @@ impl Server {
             });
         }
         match &req.query {
+            Query::AclTokenSelf => {
+                let (index, result) = self.acl_self(&req.options.token)?;
+                return Ok(ReadResponse {
+                    meta: self.meta(index, &req),
+                    result,
+                });
+            }
+            Query::AclResolve => {
+                return Ok(ReadResponse {
+                    meta: self.meta(self.inner.state.last_index(), &req),
+                    result: self.acl_resolve(&req.options.token),
+                });
+            }
             Query::Leader => {
                 let status = self.status();
                 return Ok(ReadResponse {
@@ -753,8 +810,10 @@ impl Server {
             }
             WriteOp::SessionCreate(s) => WriteOp::SessionCreate(self.prepare_session(s)?),
             WriteOp::PreparedQuery { op, query } => self.prepare_query(op, query)?,
+            WriteOp::Acl(op) => WriteOp::Acl(self.prepare_acl(op)?),
             other => other,
         };
+        let bootstrap = matches!(op, WriteOp::Acl(AclOp::Bootstrap { .. }));
         let created = match &op {
             WriteOp::SessionCreate(s) => Some(s.clone()),
             _ => None,
@@ -762,8 +821,8 @@ impl Server {
         // Consul prefixes what its state store refused with the step that refused it.
         let prefix = match &op {
             WriteOp::Kv(_) => "raft apply failed: ",
-            // Consul returns what its prepared-query apply refused as it is.
-            WriteOp::PreparedQuery { .. } => "",
+            // Consul returns what its prepared-query and ACL applies refused as it is.
+            WriteOp::PreparedQuery { .. } | WriteOp::Acl(_) => "",
             _ => "apply failed: ",
         };
         let result = self
@@ -772,6 +831,9 @@ impl Server {
             .map_err(|e| RpcError::new(e.kind, format!("{prefix}{}", e.message)))?;
         if let Some(s) = created {
             self.inner.timers.reset(&s);
+        }
+        if bootstrap {
+            self.bootstrap_done();
         }
         Ok(result)
     }

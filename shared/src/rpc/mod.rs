@@ -77,6 +77,9 @@ pub struct QueryMeta {
     /// Milliseconds since the answering server last heard from the leader (0 on the leader).
     pub last_contact_ms: u64,
     pub consistency: Consistency,
+    /// Some results were left out because the token may not read them.
+    #[serde(default)]
+    pub filtered_by_acls: bool,
 }
 
 /// A read of the state store.
@@ -217,6 +220,33 @@ pub enum Query {
         kind: String,
         name: String,
     },
+    /// `/v1/acl/tokens`, narrowed to tokens linking a policy or role (by ID) when given.
+    AclTokens {
+        policy: String,
+        role: String,
+    },
+    /// One token by accessor ID; not found is an empty list.
+    AclToken {
+        accessor_id: String,
+    },
+    /// The token the request carries (`/v1/acl/token/self`).
+    AclTokenSelf,
+    AclPolicies,
+    /// One policy by ID, or by name with `by_name`.
+    AclPolicy {
+        id: String,
+        by_name: bool,
+    },
+    /// `/v1/acl/roles`, narrowed to roles linking a policy when given.
+    AclRoles {
+        policy: String,
+    },
+    AclRole {
+        id: String,
+        by_name: bool,
+    },
+    /// What the request's token resolves to, for a client agent's own checks.
+    AclResolve,
 }
 
 /// The narrowing every list read accepts: `?tag` (all required, case-insensitive),
@@ -258,6 +288,10 @@ pub enum QueryResult {
     Usage(Usage),
     AutopilotConfiguration(Option<crate::api::AutopilotConfig>),
     ConfigEntries(Vec<crate::api::ConfigEntry>),
+    AclTokens(Vec<crate::acl::Token>),
+    AclPolicies(Vec<crate::acl::Policy>),
+    AclRoles(Vec<crate::acl::Role>),
+    AclIdentity(crate::acl::Identity),
 }
 
 /// A datacenter's counts, as `/v1/operator/usage` shows them.
@@ -355,6 +389,8 @@ pub enum WriteOp {
         op: QueryOp,
         query: Box<PreparedQuery>,
     },
+    /// A change to the ACL state.
+    Acl(AclOp),
     /// A piece of a snapshot file to restore (`/v1/snapshot` PUT), in order from offset 0;
     /// the leader gathers the pieces of `upload` and, on the one marked `done`, checks the
     /// file and replaces the whole state with it. Not logged as one command.
@@ -374,6 +410,52 @@ pub struct WriteRequest {
     pub op: WriteOp,
 }
 
+/// ACL writes. The leader fills in what is decided once (IDs, secrets, times, hashes);
+/// the state machine checks what depends on the state (names in use, linked policies).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AclOp {
+    /// Sets ACLs up when a leader takes office: the built-in `global-management` policy,
+    /// the anonymous token and, if configured, the initial management token (which also
+    /// uses up the bootstrap). Does nothing that is already there.
+    Init {
+        policy: Box<crate::acl::Policy>,
+        anonymous: Box<crate::acl::Token>,
+        management: Option<Box<crate::acl::Token>>,
+    },
+    /// `PUT /v1/acl/bootstrap`: allowed once, or again when the operator wrote the reset
+    /// index the refusal named into `<data-dir>/acl-bootstrap-reset` (the leader reads it).
+    Bootstrap {
+        token: Box<crate::acl::Token>,
+        policy: Box<crate::acl::Policy>,
+        reset_index: Option<u64>,
+    },
+    /// Create (`create`) or update a token; `expires_ms` when it has an expiration.
+    TokenSet {
+        token: Box<crate::acl::Token>,
+        create: bool,
+        expires_ms: Option<u64>,
+    },
+    TokenDelete {
+        accessor_id: String,
+    },
+    PolicySet {
+        policy: Box<crate::acl::Policy>,
+        create: bool,
+    },
+    PolicyDelete {
+        id: String,
+    },
+    RoleSet {
+        role: Box<crate::acl::Role>,
+        create: bool,
+    },
+    RoleDelete {
+        id: String,
+    },
+    /// The leader's reaper: deletes tokens expired at the command's time.
+    ReapExpired,
+}
+
 /// What a prepared-query write does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QueryOp {
@@ -391,6 +473,9 @@ pub enum WriteResult {
     QueryId(String),
     Sessions(Vec<Session>),
     Txn(TxnResponse),
+    AclToken(Box<crate::acl::Token>),
+    AclPolicy(Box<crate::acl::Policy>),
+    AclRole(Box<crate::acl::Role>),
 }
 
 /// How a request failed; each kind maps to the HTTP status Consul gives.
@@ -430,6 +515,10 @@ impl RpcError {
 
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::BadRequest, message)
+    }
+
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::PermissionDenied, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {

@@ -1,0 +1,712 @@
+//! `/v1/acl/...`: bootstrap, tokens, policies and roles; `PUT /v1/agent/token/:type`.
+//! Every endpoint answers 401 `ACL support disabled` while ACLs are off, as Consul's do.
+//! Missing tokens, policies and roles are Consul's 403 `ACL not found`.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::routing::{get, put};
+use cairn_shared::acl::{
+    ACL_DISABLED, ACL_NOT_FOUND, Link, NodeIdentity, Policy, Role, ServiceIdentity, Token,
+};
+use cairn_shared::rpc::{AclOp, Query, QueryResult, WriteOp, WriteRequest, WriteResult};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::{ApiError, ApiResult};
+use super::{HttpState, Params, json, methods, query_json, read, unexpected};
+
+pub(super) fn router() -> Router<HttpState> {
+    Router::new()
+        .route("/v1/acl/bootstrap", methods(put(bootstrap), "PUT"))
+        .route("/v1/acl/token", methods(put(token_create), "PUT"))
+        .route("/v1/acl/token/self", methods(get(token_self), "GET"))
+        .route(
+            "/v1/acl/token/{id}",
+            methods(
+                get(token_read).put(token_update).delete(token_delete),
+                "GET,PUT,DELETE",
+            ),
+        )
+        .route("/v1/acl/token/{id}/clone", methods(put(token_clone), "PUT"))
+        .route("/v1/acl/tokens", methods(get(token_list), "GET"))
+        .route(
+            "/v1/acl/policy",
+            methods(put(object_create::<Policy>), "PUT"),
+        )
+        .route(
+            "/v1/acl/policy/{id}",
+            methods(
+                get(object_read::<Policy>)
+                    .put(object_update::<Policy>)
+                    .delete(object_delete::<Policy>),
+                "GET,PUT,DELETE",
+            ),
+        )
+        .route(
+            "/v1/acl/policy/name/{name}",
+            methods(get(object_by_name::<Policy>), "GET"),
+        )
+        .route("/v1/acl/policies", methods(get(policy_list), "GET"))
+        .route("/v1/acl/role", methods(put(object_create::<Role>), "PUT"))
+        .route(
+            "/v1/acl/role/{id}",
+            methods(
+                get(object_read::<Role>)
+                    .put(object_update::<Role>)
+                    .delete(object_delete::<Role>),
+                "GET,PUT,DELETE",
+            ),
+        )
+        .route(
+            "/v1/acl/role/name/{name}",
+            methods(get(object_by_name::<Role>), "GET"),
+        )
+        .route("/v1/acl/roles", methods(get(role_list), "GET"))
+        .route("/v1/agent/token/{kind}", methods(put(agent_token), "PUT"))
+}
+
+fn enabled(st: &HttpState) -> Result<(), ApiError> {
+    if st.acl.enabled() {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, ACL_DISABLED))
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, ACL_NOT_FOUND)
+}
+
+async fn write(
+    st: &HttpState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    op: AclOp,
+) -> Result<WriteResult, ApiError> {
+    let params = Params::parse(uri.query());
+    let options = params.query_options(headers)?;
+    Ok(st
+        .rpc
+        .write(WriteRequest {
+            datacenter: options.datacenter,
+            token: options.token,
+            op: WriteOp::Acl(op),
+        })
+        .await?)
+}
+
+async fn body<T: serde::de::DeserializeOwned + Default>(
+    st: &HttpState,
+    req: Request,
+    what: &str,
+) -> Result<T, ApiError> {
+    let limit = st.limits.txn_max_req_len;
+    let declared = super::content_length(req.headers());
+    let bytes = super::read_body(req.into_body(), declared, limit, |n| {
+        ApiError::too_large(format!("Request body({n} bytes) too large"))
+    })
+    .await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    super::decode::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{what} decoding failed: {}",
+            super::decode::go_message(&e)
+        ))
+    })
+}
+
+async fn bootstrap(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    enabled(&st)?;
+    let params = Params::parse(uri.query());
+    let op = AclOp::Bootstrap {
+        token: Box::default(),
+        policy: Box::default(),
+        reset_index: None,
+    };
+    match write(&st, &uri, &headers, op).await? {
+        WriteResult::AclToken(t) => {
+            // Consul's bootstrap answer also carries the secret as the legacy `ID`.
+            let mut v = serde_json::to_value(&*t).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut v {
+                m.insert("ID".into(), Value::String(t.secret_id.clone()));
+            }
+            Ok(json(&st, &params, StatusCode::OK, &v))
+        }
+        other => Err(ApiError::internal(format!(
+            "unexpected answer to a bootstrap: {other:?}"
+        ))),
+    }
+}
+
+/// A token as `PUT /v1/acl/token` takes it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+struct TokenBody {
+    #[serde(rename = "AccessorID")]
+    accessor_id: String,
+    #[serde(rename = "SecretID")]
+    secret_id: String,
+    description: String,
+    policies: Vec<Link>,
+    roles: Vec<Link>,
+    service_identities: Vec<ServiceIdentity>,
+    node_identities: Vec<NodeIdentity>,
+    local: bool,
+    expiration_time: Option<String>,
+    #[serde(rename = "ExpirationTTL")]
+    expiration_ttl: Option<Value>,
+    /// Output fields a client may send back unchanged.
+    create_index: u64,
+    modify_index: u64,
+    hash: String,
+    create_time: String,
+}
+
+const MIN_TTL: Duration = Duration::from_secs(60);
+const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Checks what Consul checks of a token before it asks the servers.
+fn token_of(body: TokenBody, create: bool, now_ms: u64) -> Result<(Token, Option<u64>), ApiError> {
+    let bad = |m: &str| ApiError::internal(format!("Invalid Token: {m}"));
+    for (what, id) in [
+        ("AccessorID", &body.accessor_id),
+        ("SecretID", &body.secret_id),
+    ] {
+        if !id.is_empty() && !cairn_shared::acl::is_uuid(id) {
+            return Err(bad(&format!("{what} is not a valid UUID")));
+        }
+    }
+    for s in &body.service_identities {
+        if !valid_service_name(&s.service_name) {
+            return Err(bad(&format!(
+                "Service identity {:?} has an invalid name. Only lowercase alphanumeric characters, '-' and '_' are allowed",
+                s.service_name
+            )));
+        }
+    }
+    for n in &body.node_identities {
+        if n.node_name.is_empty() || n.datacenter.is_empty() {
+            return Err(bad(
+                "Node identities must have both a NodeName and a Datacenter",
+            ));
+        }
+    }
+    let ttl = match &body.expiration_ttl {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(
+            cairn_shared::duration::parse(s)
+                .map_err(|e| ApiError::bad_request(format!("Token decoding failed: {e}")))?,
+        ),
+        Some(Value::Number(n)) => Some(Duration::from_nanos(n.as_u64().unwrap_or(0))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "Token decoding failed: invalid duration {other}"
+            )));
+        }
+    };
+    let mut expires = None;
+    if create {
+        if let Some(ttl) = ttl.filter(|t| !t.is_zero()) {
+            if body.expiration_time.is_some() {
+                return Err(bad("Expiration TTL and Expiration Time cannot both be set"));
+            }
+            if ttl < MIN_TTL {
+                return Err(bad("ExpirationTTL cannot be less than 1m0s"));
+            }
+            if ttl > MAX_TTL {
+                return Err(bad("ExpirationTTL cannot be more than 24h0m0s"));
+            }
+            expires = Some(now_ms + ttl.as_millis() as u64);
+        } else if let Some(t) = body.expiration_time.as_deref().filter(|t| !t.is_empty()) {
+            let at = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| ApiError::bad_request(format!("Token decoding failed: {e}")))?;
+            let ms = (at.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+            if ms <= now_ms {
+                return Err(bad("ExpirationTime cannot be in the past"));
+            }
+            expires = Some(ms);
+        }
+    }
+    let token = Token {
+        accessor_id: body.accessor_id,
+        secret_id: body.secret_id,
+        description: body.description,
+        policies: body.policies,
+        roles: body.roles,
+        service_identities: body.service_identities,
+        node_identities: body.node_identities,
+        local: body.local,
+        expiration_time: expires.map(crate::server::rfc3339),
+        ..Token::default()
+    };
+    Ok((token, expires))
+}
+
+/// Service identity names: lowercase letters, digits, `-` and `_`, not starting or ending
+/// with a separator.
+fn valid_service_name(n: &str) -> bool {
+    let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    !n.is_empty()
+        && n.bytes().all(|b| ok(b) || b == b'-' || b == b'_')
+        && n.bytes().next().is_some_and(ok)
+        && n.bytes().last().is_some_and(ok)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn set_token(
+    st: &HttpState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    token: Token,
+    create: bool,
+    expires_ms: Option<u64>,
+) -> ApiResult {
+    let params = Params::parse(uri.query());
+    match write(
+        st,
+        uri,
+        headers,
+        AclOp::TokenSet {
+            token: Box::new(token),
+            create,
+            expires_ms,
+        },
+    )
+    .await?
+    {
+        WriteResult::AclToken(t) => Ok(json(st, &params, StatusCode::OK, &*t)),
+        other => Err(ApiError::internal(format!(
+            "unexpected answer to a token write: {other:?}"
+        ))),
+    }
+}
+
+async fn token_create(State(st): State<HttpState>, req: Request) -> ApiResult {
+    enabled(&st)?;
+    let (uri, headers) = (req.uri().clone(), req.headers().clone());
+    let b: TokenBody = body(&st, req, "Token").await?;
+    let (token, expires) = token_of(b, true, now_ms())?;
+    set_token(&st, &uri, &headers, token, true, expires).await
+}
+
+async fn token_update(
+    State(st): State<HttpState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult {
+    enabled(&st)?;
+    let (uri, headers) = (req.uri().clone(), req.headers().clone());
+    let mut b: TokenBody = body(&st, req, "Token").await?;
+    if !b.accessor_id.is_empty() && b.accessor_id != id {
+        return Err(ApiError::bad_request(
+            "Token Accessor ID in URL and payload do not match",
+        ));
+    }
+    b.accessor_id = id;
+    let (token, _) = token_of(b, false, now_ms())?;
+    set_token(&st, &uri, &headers, token, false, None).await
+}
+
+async fn one_token(
+    st: &HttpState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    query: Query,
+) -> Result<(Params, cairn_shared::rpc::QueryMeta, Token), ApiError> {
+    let (params, resp) = read(st, uri, headers, query).await?;
+    let QueryResult::AclTokens(mut v) = resp.result else {
+        return Err(unexpected("a token read", &resp.result));
+    };
+    let t = v.pop().ok_or_else(not_found)?;
+    Ok((params, resp.meta, t))
+}
+
+async fn token_read(
+    State(st): State<HttpState>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult {
+    enabled(&st)?;
+    let (params, meta, t) =
+        one_token(&st, &uri, &headers, Query::AclToken { accessor_id: id }).await?;
+    Ok(query_json(&st, &params, &meta, &t))
+}
+
+async fn token_self(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    enabled(&st)?;
+    let (params, meta, t) = one_token(&st, &uri, &headers, Query::AclTokenSelf).await?;
+    Ok(query_json(&st, &params, &meta, &t))
+}
+
+async fn token_clone(
+    State(st): State<HttpState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult {
+    enabled(&st)?;
+    let (uri, headers) = (req.uri().clone(), req.headers().clone());
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default, rename_all = "PascalCase")]
+    struct CloneBody {
+        description: Option<String>,
+    }
+    let b: CloneBody = body(&st, req, "Token").await?;
+    let (_, _, src) = one_token(&st, &uri, &headers, Query::AclToken { accessor_id: id }).await?;
+    if src.expiration_time.is_some() {
+        return Err(ApiError::internal(
+            "Invalid Token: cannot clone a token that expires",
+        ));
+    }
+    let token = Token {
+        accessor_id: String::new(),
+        secret_id: String::new(),
+        description: b.description.unwrap_or(src.description),
+        create_index: 0,
+        modify_index: 0,
+        hash: String::new(),
+        create_time: String::new(),
+        ..src
+    };
+    set_token(&st, &uri, &headers, token, true, None).await
+}
+
+async fn token_delete(
+    State(st): State<HttpState>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult {
+    enabled(&st)?;
+    let params = Params::parse(uri.query());
+    write(&st, &uri, &headers, AclOp::TokenDelete { accessor_id: id }).await?;
+    Ok(json(&st, &params, StatusCode::OK, &true))
+}
+
+async fn token_list(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    enabled(&st)?;
+    let p = Params::parse(uri.query());
+    if p.value("authmethod").is_some_and(|m| !m.is_empty()) {
+        // No auth methods exist yet, so no token came from one.
+        let (params, resp) = read(
+            &st,
+            &uri,
+            &headers,
+            Query::AclTokens {
+                policy: String::new(),
+                role: String::new(),
+            },
+        )
+        .await?;
+        return Ok(query_json(&st, &params, &resp.meta, &Vec::<Value>::new()));
+    }
+    let query = Query::AclTokens {
+        policy: p.value("policy").unwrap_or_default().to_string(),
+        role: p.value("role").unwrap_or_default().to_string(),
+    };
+    let (params, resp) = read(&st, &uri, &headers, query).await?;
+    let QueryResult::AclTokens(v) = &resp.result else {
+        return Err(unexpected("a token list", &resp.result));
+    };
+    // The list shows each token's links and secret, not its rules.
+    Ok(query_json(&st, &params, &resp.meta, v))
+}
+
+/// What policies and roles share: a body as `PUT` takes it, an ID, a name, and the Raft
+/// operations and queries that store and find them.
+trait Object: serde::Serialize + Sized + Send + 'static {
+    type Body: serde::de::DeserializeOwned + Default + Send;
+    /// `Policy` or `Role`, as Consul's messages name it.
+    const WHAT: &'static str;
+    fn body_id(b: &mut Self::Body) -> &mut String;
+    fn of_body(b: Self::Body) -> Self;
+    fn set(self, create: bool) -> AclOp;
+    fn delete(id: String) -> AclOp;
+    fn find(id: String, by_name: bool) -> Query;
+    fn written(r: WriteResult) -> Option<Self>;
+    fn found(r: QueryResult) -> Option<Vec<Self>>;
+}
+
+/// A policy as `PUT /v1/acl/policy` takes it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+struct PolicyBody {
+    #[serde(rename = "ID")]
+    id: String,
+    name: String,
+    description: String,
+    rules: String,
+    datacenters: Vec<String>,
+    hash: String,
+    create_index: u64,
+    modify_index: u64,
+}
+
+impl Object for Policy {
+    type Body = PolicyBody;
+    const WHAT: &'static str = "Policy";
+    fn body_id(b: &mut PolicyBody) -> &mut String {
+        &mut b.id
+    }
+    fn of_body(b: PolicyBody) -> Self {
+        Policy {
+            id: b.id,
+            name: b.name,
+            description: b.description,
+            rules: b.rules,
+            datacenters: b.datacenters,
+            ..Policy::default()
+        }
+    }
+    fn set(self, create: bool) -> AclOp {
+        AclOp::PolicySet {
+            policy: Box::new(self),
+            create,
+        }
+    }
+    fn delete(id: String) -> AclOp {
+        AclOp::PolicyDelete { id }
+    }
+    fn find(id: String, by_name: bool) -> Query {
+        Query::AclPolicy { id, by_name }
+    }
+    fn written(r: WriteResult) -> Option<Self> {
+        match r {
+            WriteResult::AclPolicy(p) => Some(*p),
+            _ => None,
+        }
+    }
+    fn found(r: QueryResult) -> Option<Vec<Self>> {
+        match r {
+            QueryResult::AclPolicies(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// A role as `PUT /v1/acl/role` takes it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+struct RoleBody {
+    #[serde(rename = "ID")]
+    id: String,
+    name: String,
+    description: String,
+    policies: Vec<Link>,
+    service_identities: Vec<ServiceIdentity>,
+    node_identities: Vec<NodeIdentity>,
+    hash: String,
+    create_index: u64,
+    modify_index: u64,
+}
+
+impl Object for Role {
+    type Body = RoleBody;
+    const WHAT: &'static str = "Role";
+    fn body_id(b: &mut RoleBody) -> &mut String {
+        &mut b.id
+    }
+    fn of_body(b: RoleBody) -> Self {
+        Role {
+            id: b.id,
+            name: b.name,
+            description: b.description,
+            policies: b.policies,
+            service_identities: b.service_identities,
+            node_identities: b.node_identities,
+            ..Role::default()
+        }
+    }
+    fn set(self, create: bool) -> AclOp {
+        AclOp::RoleSet {
+            role: Box::new(self),
+            create,
+        }
+    }
+    fn delete(id: String) -> AclOp {
+        AclOp::RoleDelete { id }
+    }
+    fn find(id: String, by_name: bool) -> Query {
+        Query::AclRole { id, by_name }
+    }
+    fn written(r: WriteResult) -> Option<Self> {
+        match r {
+            WriteResult::AclRole(r) => Some(*r),
+            _ => None,
+        }
+    }
+    fn found(r: QueryResult) -> Option<Vec<Self>> {
+        match r {
+            QueryResult::AclRoles(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+async fn set_object<O: Object>(
+    st: &HttpState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    b: O::Body,
+    create: bool,
+) -> ApiResult {
+    let params = Params::parse(uri.query());
+    let r = write(st, uri, headers, O::of_body(b).set(create)).await?;
+    let what = O::WHAT;
+    let o = O::written(r)
+        .ok_or_else(|| ApiError::internal(format!("unexpected answer to a {what} write")))?;
+    Ok(json(st, &params, StatusCode::OK, &o))
+}
+
+async fn object_create<O: Object>(State(st): State<HttpState>, req: Request) -> ApiResult {
+    enabled(&st)?;
+    let (uri, headers) = (req.uri().clone(), req.headers().clone());
+    let b: O::Body = body(&st, req, O::WHAT).await?;
+    set_object::<O>(&st, &uri, &headers, b, true).await
+}
+
+async fn object_update<O: Object>(
+    State(st): State<HttpState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> ApiResult {
+    enabled(&st)?;
+    let (uri, headers) = (req.uri().clone(), req.headers().clone());
+    let mut b: O::Body = body(&st, req, O::WHAT).await?;
+    let given = O::body_id(&mut b);
+    if !given.is_empty() && *given != id {
+        return Err(ApiError::bad_request(format!(
+            "{} ID in URL and payload do not match",
+            O::WHAT
+        )));
+    }
+    *given = id;
+    set_object::<O>(&st, &uri, &headers, b, false).await
+}
+
+async fn one_object<O: Object>(
+    st: &HttpState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    id: String,
+    by_name: bool,
+) -> ApiResult {
+    enabled(st)?;
+    let (params, resp) = read(st, uri, headers, O::find(id, by_name)).await?;
+    let what = O::WHAT;
+    let found = O::found(resp.result)
+        .ok_or_else(|| ApiError::internal(format!("unexpected answer to a {what} read")))?;
+    let o = found.first().ok_or_else(not_found)?;
+    Ok(query_json(st, &params, &resp.meta, o))
+}
+
+async fn object_read<O: Object>(
+    State(st): State<HttpState>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult {
+    one_object::<O>(&st, &uri, &headers, id, false).await
+}
+
+async fn object_by_name<O: Object>(
+    State(st): State<HttpState>,
+    Path(name): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult {
+    one_object::<O>(&st, &uri, &headers, name, true).await
+}
+
+async fn object_delete<O: Object>(
+    State(st): State<HttpState>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult {
+    enabled(&st)?;
+    let params = Params::parse(uri.query());
+    write(&st, &uri, &headers, O::delete(id)).await?;
+    Ok(json(&st, &params, StatusCode::OK, &true))
+}
+
+async fn policy_list(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    enabled(&st)?;
+    let (params, resp) = read(&st, &uri, &headers, Query::AclPolicies).await?;
+    let QueryResult::AclPolicies(v) = &resp.result else {
+        return Err(unexpected("a policy list", &resp.result));
+    };
+    // Consul's list leaves the rules out.
+    let listed: Vec<Value> = v
+        .iter()
+        .map(|p| {
+            let mut j = serde_json::to_value(p).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut j {
+                m.remove("Rules");
+            }
+            j
+        })
+        .collect();
+    Ok(query_json(&st, &params, &resp.meta, &listed))
+}
+
+async fn role_list(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    enabled(&st)?;
+    let p = Params::parse(uri.query());
+    let query = Query::AclRoles {
+        policy: p.value("policy").unwrap_or_default().to_string(),
+    };
+    let (params, resp) = read(&st, &uri, &headers, query).await?;
+    let QueryResult::AclRoles(v) = &resp.result else {
+        return Err(unexpected("a role list", &resp.result));
+    };
+    Ok(query_json(&st, &params, &resp.meta, v))
+}
+
+/// `PUT /v1/agent/token/:type` with `{"Token": "..."}`: needs `acl:write`.
+async fn agent_token(
+    State(st): State<HttpState>,
+    Path(kind): Path<String>,
+    req: Request,
+) -> ApiResult {
+    enabled(&st)?;
+    let (uri, headers) = (req.uri().clone(), req.headers().clone());
+    let params = Params::parse(uri.query());
+    let caller = params.query_options(&headers)?.token;
+    st.acl
+        .require(
+            &*st.rpc,
+            &caller,
+            cairn_shared::acl::Resource::Acl,
+            "",
+            cairn_shared::acl::Access::Write,
+        )
+        .await?;
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default, rename_all = "PascalCase")]
+    struct TokenValue {
+        token: String,
+    }
+    let b: TokenValue = body(&st, req, "Request").await?;
+    st.acl.set_token(&kind, b.token).map_err(|e| {
+        if e.contains("unknown") {
+            ApiError::new(StatusCode::NOT_FOUND, e)
+        } else {
+            ApiError::internal(e)
+        }
+    })?;
+    let _ = params;
+    Ok(StatusCode::OK.into_response())
+}

@@ -1,0 +1,705 @@
+//! ACLs on the real binary: bootstrap once (and again through the reset file), tokens,
+//! policies in HCL and JSON, roles and identities; default deny enforced by the servers on
+//! KV and the catalog and by the agent on its own endpoints; Consul's errors for bad input.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use cairn_tests::{Agent, AgentOpts, dig, eventually, http_client};
+use serde_json::{Value, json};
+
+const MGMT: &str = "11111111-2222-3333-4444-555555555555";
+
+struct Reply {
+    status: u16,
+    text: String,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+
+    fn filtered(&self) -> bool {
+        self.headers
+            .get("x-consul-results-filtered-by-acls")
+            .is_some_and(|v| v == "true")
+    }
+}
+
+async fn call(agent: &Agent, method: &str, path: &str, token: &str, body: Option<Value>) -> Reply {
+    let c = http_client();
+    let url = agent.url(path);
+    let mut req = match method {
+        "GET" => c.get(url),
+        "PUT" => c.put(url),
+        "DELETE" => c.delete(url),
+        _ => unreachable!(),
+    };
+    if !token.is_empty() {
+        req = req.header("X-Consul-Token", token);
+    }
+    if let Some(b) = body {
+        req = req.body(b.to_string());
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    Reply {
+        status,
+        text: r.text().await.unwrap().trim().to_string(),
+        headers,
+    }
+}
+
+async fn put_raw(agent: &Agent, path: &str, token: &str, body: &str) -> Reply {
+    let r = http_client()
+        .put(agent.url(path))
+        .header("X-Consul-Token", token)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    Reply {
+        status,
+        text: r.text().await.unwrap().trim().to_string(),
+        headers,
+    }
+}
+
+/// A dev agent with ACLs on, `default_policy` deny, a known management token that the
+/// agent also uses for its own writes.
+async fn deny_agent(extra: Value) -> (Agent, std::path::PathBuf) {
+    deny_agent_with(extra, false).await
+}
+
+async fn deny_agent_with(extra: Value, dns: bool) -> (Agent, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("cairn-acl-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut acl = json!({"enabled": true, "default_policy": "deny",
+        "tokens": {"initial_management": MGMT, "agent": MGMT}});
+    if let (Value::Object(a), Value::Object(e)) = (&mut acl, extra) {
+        a.extend(e);
+    }
+    let cfg = dir.join("acl.json");
+    std::fs::write(&cfg, json!({ "acl": acl }).to_string()).unwrap();
+    let mut opts = AgentOpts::default()
+        .arg("-config-file")
+        .arg(cfg.to_str().unwrap());
+    if dns {
+        opts = opts.dns();
+    }
+    (opts.start().await.unwrap(), dir)
+}
+
+fn uuid_like() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_acls_off_every_acl_endpoint_says_so() {
+    let agent = Agent::dev().await.unwrap();
+    for (method, path) in [
+        ("PUT", "/v1/acl/bootstrap"),
+        ("GET", "/v1/acl/tokens"),
+        ("GET", "/v1/acl/token/self"),
+        ("GET", "/v1/acl/policies"),
+        ("PUT", "/v1/agent/token/default"),
+    ] {
+        let r = call(&agent, method, path, "", Some(json!({"Token": "x"}))).await;
+        assert_eq!(
+            (r.status, r.text.as_str()),
+            (401, "ACL support disabled"),
+            "{path}"
+        );
+    }
+    let r = call(&agent, "GET", "/v1/kv/?recurse", "", None).await;
+    assert_eq!(r.headers["x-consul-default-acl-policy"], "allow");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bootstrap_works_once_and_again_after_the_reset_file() {
+    let dir = std::env::temp_dir().join(format!("cairn-acl-boot-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("acl.json");
+    std::fs::write(
+        &cfg,
+        r#"{"acl": {"enabled": true, "default_policy": "deny"}}"#,
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let agent = Agent::dev_with(&[
+        "-config-file",
+        cfg.to_str().unwrap(),
+        "-data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await
+    .unwrap();
+    let first = call(&agent, "PUT", "/v1/acl/bootstrap", "", None).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let t = first.json();
+    assert_eq!(t["Description"], "Bootstrap Token (Global Management)");
+    assert_eq!(t["ID"], t["SecretID"]);
+    assert_eq!(t["Policies"][0]["Name"], "global-management");
+    let secret = t["SecretID"].as_str().unwrap().to_string();
+
+    let again = call(&agent, "PUT", "/v1/acl/bootstrap", "", None).await;
+    assert_eq!(again.status, 403, "{}", again.text);
+    let prefix = "Permission denied: ACL bootstrap no longer allowed (reset index: ";
+    let index: u64 = again
+        .text
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{}", again.text))
+        .parse()
+        .unwrap();
+    // A wrong index in the reset file changes nothing.
+    std::fs::write(data.join("acl-bootstrap-reset"), format!("{}", index + 1)).unwrap();
+    let wrong = call(&agent, "PUT", "/v1/acl/bootstrap", "", None).await;
+    assert_eq!(wrong.status, 403, "{}", wrong.text);
+    std::fs::write(data.join("acl-bootstrap-reset"), format!("{index}\n")).unwrap();
+    let reset = call(&agent, "PUT", "/v1/acl/bootstrap", "", None).await;
+    assert_eq!(reset.status, 200, "{}", reset.text);
+    assert_ne!(reset.json()["SecretID"].as_str().unwrap(), secret);
+    assert!(!data.join("acl-bootstrap-reset").exists());
+    let after = call(&agent, "PUT", "/v1/acl/bootstrap", "", None).await;
+    assert_eq!(after.status, 403, "{}", after.text);
+    // Both bootstrap tokens manage.
+    for s in [
+        &secret,
+        &reset.json()["SecretID"].as_str().unwrap().to_string(),
+    ] {
+        let r = call(&agent, "GET", "/v1/acl/tokens", s, None).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn default_deny_is_enforced_and_policies_open_what_they_name() {
+    let (agent, dir) = deny_agent(json!({})).await;
+    // Anonymous: refused on KV, nothing protected in lists.
+    let r = call(&agent, "GET", "/v1/kv/app/x", "", None).await;
+    assert_eq!((r.status, r.text.as_str()), (403, "Permission denied"));
+    assert_eq!(r.headers["x-consul-default-acl-policy"], "deny");
+    let r = call(&agent, "PUT", "/v1/kv/app/x", "", Some(json!("v"))).await;
+    assert_eq!(r.status, 403);
+    let r = call(&agent, "GET", "/v1/catalog/services", "", None).await;
+    assert_eq!((r.status, r.json()), (200, json!({})));
+    let r = call(&agent, "GET", "/v1/agent/self", "", None).await;
+    assert_eq!(r.status, 403);
+    // A secret nobody holds.
+    let r = call(
+        &agent,
+        "GET",
+        "/v1/kv/app/x",
+        "6d5cbb9e-0e23-4b19-9f1b-5f8a3a2a9a11",
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.text.as_str()), (403, "ACL not found"));
+
+    for (k, v) in [("app/x", "1"), ("app/secret/y", "2"), ("other/z", "3")] {
+        let r = put_raw(&agent, &format!("/v1/kv/{k}"), MGMT, v).await;
+        assert_eq!((r.status, r.text.as_str()), (200, "true"));
+    }
+    // A policy in HCL and one in JSON, linked by name.
+    let hcl = call(&agent, "PUT", "/v1/acl/policy", MGMT, Some(json!({
+        "Name": "app-rw",
+        "Rules": "key_prefix \"app/\" { policy = \"write\" }\nkey_prefix \"app/secret/\" { policy = \"deny\" }",
+    }))).await;
+    assert_eq!(hcl.status, 200, "{}", hcl.text);
+    assert_eq!(hcl.json()["Name"], "app-rw");
+    let js = call(&agent, "PUT", "/v1/acl/policy", MGMT, Some(json!({
+        "Name": "web-read",
+        "Rules": r#"{"service": {"web": {"policy": "read"}}, "node_prefix": {"": {"policy": "read"}}}"#,
+    }))).await;
+    assert_eq!(js.status, 200, "{}", js.text);
+    let tok = call(
+        &agent,
+        "PUT",
+        "/v1/acl/token",
+        MGMT,
+        Some(json!({
+            "Description": "app",
+            "Policies": [{"Name": "app-rw"}, {"ID": js.json()["ID"]}],
+        })),
+    )
+    .await;
+    assert_eq!(tok.status, 200, "{}", tok.text);
+    let t = tok.json();
+    assert_eq!(t["Policies"].as_array().unwrap().len(), 2, "{t}");
+    let secret = t["SecretID"].as_str().unwrap().to_string();
+
+    // The token writes and reads what its policy names, and nothing else.
+    let r = put_raw(&agent, "/v1/kv/app/new", &secret, "n").await;
+    assert_eq!((r.status, r.text.as_str()), (200, "true"));
+    let r = put_raw(&agent, "/v1/kv/other/new", &secret, "n").await;
+    assert_eq!(r.status, 403);
+    let r = call(&agent, "GET", "/v1/kv/app/secret/y", &secret, None).await;
+    assert_eq!(r.status, 403);
+    let r = call(&agent, "GET", "/v1/kv/?recurse", &secret, None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let listed = r.json();
+    let keys: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["app/new", "app/x"]);
+    assert!(r.filtered(), "a filtered list says so");
+    // Deleting the tree under app/ would touch a denied key.
+    let r = call(&agent, "DELETE", "/v1/kv/app/?recurse", &secret, None).await;
+    assert_eq!(r.status, 403);
+    // Its own token, with its secret; the agent's own endpoints stay closed.
+    let r = call(&agent, "GET", "/v1/acl/token/self", &secret, None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["SecretID"], secret.as_str());
+    let r = call(&agent, "GET", "/v1/agent/self", &secret, None).await;
+    assert_eq!(r.status, 403);
+    let r = call(&agent, "GET", "/v1/acl/tokens", &secret, None).await;
+    assert_eq!(r.status, 403);
+    let r = call(&agent, "GET", "/v1/agent/self", MGMT, None).await;
+    assert_eq!(r.status, 200);
+
+    // A policy renamed keeps its tokens; one deleted drops out of them.
+    let id = hcl.json()["ID"].as_str().unwrap().to_string();
+    let mut p = hcl.json();
+    p["Name"] = json!("app-rw2");
+    let r = call(
+        &agent,
+        "PUT",
+        &format!("/v1/acl/policy/{id}"),
+        MGMT,
+        Some(p),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = call(
+        &agent,
+        "GET",
+        &format!("/v1/acl/token/{}", t["AccessorID"].as_str().unwrap()),
+        MGMT,
+        None,
+    )
+    .await;
+    assert!(r.text.contains("app-rw2"), "{}", r.text);
+    let r = call(&agent, "GET", "/v1/acl/policy/name/app-rw2", MGMT, None).await;
+    assert_eq!(r.json()["ID"], id.as_str());
+    let r = call(
+        &agent,
+        "DELETE",
+        &format!("/v1/acl/policy/{id}"),
+        MGMT,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = put_raw(&agent, "/v1/kv/app/after", &secret, "n").await;
+    assert_eq!(r.status, 403, "its policy is gone");
+    let r = call(&agent, "GET", "/v1/acl/policy/name/app-rw2", MGMT, None).await;
+    assert_eq!((r.status, r.text.as_str()), (403, "ACL not found"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_refused_and_nothing_is_stored() {
+    let (agent, dir) = deny_agent(json!({})).await;
+    let policies = || async {
+        call(&agent, "GET", "/v1/acl/policies", MGMT, None)
+            .await
+            .json()
+    };
+    let before = policies().await;
+    for (rules, want) in [
+        (
+            "key_prefix \"\" { policy = ",
+            "Invalid Policy: Failed to parse ACL rules",
+        ),
+        (
+            "key \"a\" { policy = \"sometimes\" }",
+            "Invalid Policy: Invalid key policy",
+        ),
+        ("{\"key\": ", "Invalid Policy: Failed to parse ACL rules"),
+        (
+            "kee \"a\" { policy = \"read\" }",
+            "Invalid Policy: Failed to parse ACL rules: invalid key",
+        ),
+    ] {
+        let r = call(
+            &agent,
+            "PUT",
+            "/v1/acl/policy",
+            MGMT,
+            Some(json!({"Name": "p", "Rules": rules})),
+        )
+        .await;
+        assert_eq!(r.status, 500, "{rules}: {}", r.text);
+        assert!(r.text.starts_with(want), "{rules}: {}", r.text);
+    }
+    let r = call(
+        &agent,
+        "PUT",
+        "/v1/acl/policy",
+        MGMT,
+        Some(json!({"Name": "bad name!"})),
+    )
+    .await;
+    assert_eq!(r.status, 500);
+    assert!(r.text.contains("invalid Name"), "{}", r.text);
+    let r = put_raw(&agent, "/v1/acl/policy", MGMT, "{not json").await;
+    assert_eq!(r.status, 400);
+    assert!(r.text.starts_with("Policy decoding failed"), "{}", r.text);
+    assert_eq!(policies().await, before);
+
+    let tokens = || async {
+        call(&agent, "GET", "/v1/acl/tokens", MGMT, None)
+            .await
+            .json()
+    };
+    let before = tokens().await;
+    for (body, want) in [
+        (
+            json!({"Policies": [{"Name": "nope"}]}),
+            "No such ACL policy with name \"nope\"",
+        ),
+        (
+            json!({"Policies": [{"ID": "9a8b8f8e-1111-2222-3333-444444444444"}]}),
+            "No such ACL policy with ID",
+        ),
+        (
+            json!({"SecretID": "not-a-uuid"}),
+            "SecretID is not a valid UUID",
+        ),
+        (
+            json!({"ExpirationTTL": "30s"}),
+            "ExpirationTTL cannot be less than 1m0s",
+        ),
+        (json!({"SecretID": MGMT}), "SecretID is already in use"),
+    ] {
+        let r = call(&agent, "PUT", "/v1/acl/token", MGMT, Some(body.clone())).await;
+        assert_eq!(r.status, 500, "{body}: {}", r.text);
+        assert!(r.text.contains(want), "{body}: {}", r.text);
+    }
+    assert_eq!(tokens().await, before);
+    // The built-in policy and the anonymous token stay.
+    let r = call(
+        &agent,
+        "DELETE",
+        "/v1/acl/policy/00000000-0000-0000-0000-000000000001",
+        MGMT,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 500, "{}", r.text);
+    let r = call(
+        &agent,
+        "DELETE",
+        "/v1/acl/token/00000000-0000-0000-0000-000000000002",
+        MGMT,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 500, "{}", r.text);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn service_identities_roles_clones_and_expiry() {
+    let (agent, dir) = deny_agent(json!({})).await;
+    // A role granting a service identity; a token holding the role.
+    let role = call(
+        &agent,
+        "PUT",
+        "/v1/acl/role",
+        MGMT,
+        Some(json!({
+            "Name": "web-role", "ServiceIdentities": [{"ServiceName": "web"}],
+        })),
+    )
+    .await;
+    assert_eq!(role.status, 200, "{}", role.text);
+    let tok = call(
+        &agent,
+        "PUT",
+        "/v1/acl/token",
+        MGMT,
+        Some(json!({
+            "Roles": [{"Name": "web-role"}],
+        })),
+    )
+    .await;
+    assert_eq!(tok.status, 200, "{}", tok.text);
+    let web = tok.json()["SecretID"].as_str().unwrap().to_string();
+    // It registers web through the agent, not db.
+    let r = call(
+        &agent,
+        "PUT",
+        "/v1/agent/service/register",
+        &web,
+        Some(json!({"Name": "web", "Port": 80})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = call(
+        &agent,
+        "PUT",
+        "/v1/agent/service/register",
+        &web,
+        Some(json!({"Name": "db", "Port": 5432})),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    // Anti-entropy carries web to the catalog with the agent's token; anonymous sees
+    // nothing of it, the web token does.
+    eventually(Duration::from_secs(10), "web in the catalog", || async {
+        let r = call(&agent, "GET", "/v1/catalog/service/web", MGMT, None).await;
+        (r.json().as_array().is_some_and(|a| a.len() == 1)).then_some(())
+    })
+    .await
+    .unwrap();
+    let r = call(&agent, "GET", "/v1/catalog/service/web", "", None).await;
+    assert_eq!(r.json(), json!([]));
+    let r = call(&agent, "GET", "/v1/health/service/web", &web, None).await;
+    assert_eq!(r.json().as_array().unwrap().len(), 1, "{}", r.text);
+    let r = call(&agent, "GET", "/v1/agent/services", &web, None).await;
+    assert!(r.json().get("web").is_some(), "{}", r.text);
+    let role_id = role.json()["ID"].as_str().unwrap().to_string();
+    let r = call(
+        &agent,
+        "GET",
+        &format!("/v1/acl/tokens?role={role_id}"),
+        MGMT,
+        None,
+    )
+    .await;
+    assert_eq!(r.json().as_array().unwrap().len(), 1, "{}", r.text);
+
+    // A clone works like the original, with a secret of its own.
+    let accessor = tok.json()["AccessorID"].as_str().unwrap().to_string();
+    let c = call(
+        &agent,
+        "PUT",
+        &format!("/v1/acl/token/{accessor}/clone"),
+        MGMT,
+        Some(json!({"Description": "copy"})),
+    )
+    .await;
+    assert_eq!(c.status, 200, "{}", c.text);
+    assert_eq!(c.json()["Description"], "copy");
+    assert_ne!(c.json()["SecretID"], web.as_str());
+    assert_eq!(c.json()["Roles"][0]["Name"], "web-role");
+
+    // A token that expires stops working, then is deleted.
+    let soon = time_in(Duration::from_secs(2));
+    let e = call(
+        &agent,
+        "PUT",
+        "/v1/acl/token",
+        MGMT,
+        Some(json!({
+            "Roles": [{"ID": role_id}], "ExpirationTime": soon,
+        })),
+    )
+    .await;
+    assert_eq!(e.status, 200, "{}", e.text);
+    let short = e.json()["SecretID"].as_str().unwrap().to_string();
+    let r = call(&agent, "GET", "/v1/agent/service/web", &short, None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    eventually(
+        Duration::from_secs(10),
+        "the expired token refused",
+        || async {
+            let r = call(&agent, "GET", "/v1/catalog/service/web", &short, None).await;
+            (r.status == 403 && r.text == "ACL not found").then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let gone = e.json()["AccessorID"].as_str().unwrap().to_string();
+    eventually(
+        Duration::from_secs(10),
+        "the expired token reaped",
+        || async {
+            let r = call(&agent, "GET", "/v1/acl/tokens", MGMT, None).await;
+            (!r.text.contains(&gone)).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// RFC 3339 for now plus `d`.
+fn time_in(d: Duration) -> String {
+    (time::OffsetDateTime::now_utc() + d)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dns_answers_what_the_agent_default_token_may_read() {
+    let (agent, dir) = deny_agent_with(json!({}), true).await;
+    let dns = agent.dns.unwrap();
+    for (name, port) in [("web", 80), ("db", 5432)] {
+        let r = call(
+            &agent,
+            "PUT",
+            "/v1/agent/service/register",
+            MGMT,
+            Some(json!({"Name": name, "Port": port})),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    eventually(Duration::from_secs(10), "both in the catalog", || async {
+        let r = call(&agent, "GET", "/v1/catalog/services", MGMT, None).await;
+        (r.json().get("web").is_some() && r.json().get("db").is_some()).then_some(())
+    })
+    .await
+    .unwrap();
+    // No default token: DNS acts as anonymous and sees nothing.
+    assert_eq!(dig(dns, "web.service.consul", "A", &[]).status, "NXDOMAIN");
+    let p = call(&agent, "PUT", "/v1/acl/policy", MGMT, Some(json!({
+        "Name": "dns-web",
+        "Rules": "service \"web\" { policy = \"read\" }\nnode_prefix \"\" { policy = \"read\" }",
+    }))).await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    let t = call(
+        &agent,
+        "PUT",
+        "/v1/acl/token",
+        MGMT,
+        Some(json!({"Policies": [{"Name": "dns-web"}]})),
+    )
+    .await;
+    let secret = t.json()["SecretID"].as_str().unwrap().to_string();
+    // Setting the default token needs acl:write.
+    let r = call(
+        &agent,
+        "PUT",
+        "/v1/agent/token/default",
+        &secret,
+        Some(json!({"Token": secret})),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    let r = call(
+        &agent,
+        "PUT",
+        "/v1/agent/token/default",
+        MGMT,
+        Some(json!({"Token": secret})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let web = dig(dns, "web.service.consul", "A", &[]);
+    assert_eq!(
+        (web.status.as_str(), web.answer.len()),
+        ("NOERROR", 1),
+        "{}",
+        web.raw
+    );
+    assert_eq!(dig(dns, "db.service.consul", "A", &[]).status, "NXDOMAIN");
+    // HTTP requests without a token act as the default token too.
+    let r = call(&agent, "GET", "/v1/catalog/services", "", None).await;
+    let listed = r.json();
+    assert!(
+        listed.get("web").is_some() && listed.get("db").is_none(),
+        "{listed}"
+    );
+    let r = call(
+        &agent,
+        "PUT",
+        "/v1/agent/token/nonsense",
+        MGMT,
+        Some(json!({"Token": "x"})),
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// On three servers, ACL writes through a follower reach the leader, every server enforces
+/// the replicated state, and default allow still never allows managing ACLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_server_enforces_the_replicated_acls() {
+    let dir = std::env::temp_dir().join(format!("cairn-acl-c-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("acl.json");
+    std::fs::write(
+        &cfg,
+        json!({"acl": {"enabled": true, "default_policy": "allow",
+            "tokens": {"initial_management": MGMT}}})
+        .to_string(),
+    )
+    .unwrap();
+    let cfg_arg = format!("-config-file={}", cfg.display());
+    let c = cairn_tests::Cluster::start(3, 140, &[cfg_arg.as_str()])
+        .await
+        .unwrap();
+    let l = c.wait_leader(Duration::from_secs(10)).await.unwrap();
+    let leader = &c.servers[l];
+    let follower = &c.servers[(l + 1) % 3];
+    let other = &c.servers[(l + 2) % 3];
+    // The management token exists once the leader set ACLs up.
+    eventually(Duration::from_secs(10), "the management token", || async {
+        (call(follower, "GET", "/v1/acl/token/self", MGMT, None)
+            .await
+            .status
+            == 200)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let r = call(
+        follower,
+        "PUT",
+        "/v1/acl/policy",
+        "",
+        Some(json!({"Name": "x"})),
+    )
+    .await;
+    assert_eq!(r.status, 403, "anonymous never manages ACLs: {}", r.text);
+    let p = call(
+        follower,
+        "PUT",
+        "/v1/acl/policy",
+        MGMT,
+        Some(json!({
+            "Name": "lock", "Rules": "key_prefix \"locked/\" { policy = \"deny\" }",
+        })),
+    )
+    .await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    let r = call(
+        follower,
+        "PUT",
+        "/v1/acl/token/00000000-0000-0000-0000-000000000002",
+        MGMT,
+        Some(json!({"Description": "Anonymous Token", "Policies": [{"Name": "lock"}]})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    for s in [leader, follower, other] {
+        eventually(Duration::from_secs(10), "the lock enforced", || async {
+            (put_raw(s, "/v1/kv/locked/x", "", "v").await.status == 403).then_some(())
+        })
+        .await
+        .unwrap();
+        let r = put_raw(s, "/v1/kv/open/x", "", "v").await;
+        assert_eq!((r.status, r.text.as_str()), (200, "true"));
+        let r = put_raw(s, "/v1/kv/locked/x", MGMT, "v").await;
+        assert_eq!(r.status, 200);
+    }
+    let r = call(other, "GET", "/v1/kv/locked/x?stale", "", None).await;
+    assert_eq!(r.status, 403, "stale reads are checked too");
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+}
