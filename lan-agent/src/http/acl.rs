@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
@@ -17,10 +16,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::{ApiError, ApiResult};
+use super::routes::Routes;
 use super::{HttpState, Params, json, methods, query_json, read, unexpected};
 
-pub(super) fn router() -> Router<HttpState> {
-    Router::new()
+pub(super) fn router() -> Routes {
+    Routes::new()
         .route("/v1/acl/bootstrap", methods(put(bootstrap), "PUT"))
         .route("/v1/acl/token", methods(put(token_create), "PUT"))
         .route("/v1/acl/token/self", methods(get(token_self), "GET"))

@@ -3,7 +3,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -15,11 +14,12 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::error::{ApiError, ApiResult};
+use super::routes::Routes;
 use super::{HttpState, Params, json, methods};
 use crate::version;
 
-pub(super) fn router() -> Router<HttpState> {
-    Router::new()
+pub(super) fn router() -> Routes {
+    Routes::new()
         .route("/v1/agent/self", methods(get(agent_self), "GET"))
         .route("/v1/agent/metrics", methods(get(agent_metrics), "GET"))
         .route("/v1/agent/monitor", methods(get(monitor), "GET"))

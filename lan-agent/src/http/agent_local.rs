@@ -6,7 +6,6 @@
 
 use std::hash::{Hash, Hasher};
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -18,14 +17,15 @@ use cairn_shared::acl::{Access, Resource};
 
 use super::error::{ApiError, ApiResult};
 use super::guard::Authz;
+use super::routes::Routes;
 use super::{HttpState, Params, json, methods, path_tail};
 use crate::filter::fields::{self, Fields};
 use crate::local::definition::{CheckType, ServiceDefinition};
 use crate::local::state::Source;
 use crate::local::{LocalError, NODE_MAINT_ID, SERVICE_MAINT_PREFIX};
 
-pub(super) fn router() -> Router<HttpState> {
-    let mut r = Router::new()
+pub(super) fn router() -> Routes {
+    let mut r = Routes::new()
         .route("/v1/agent/services", methods(get(services), "GET"))
         .route("/v1/agent/checks", methods(get(checks), "GET"))
         .route(

@@ -1,7 +1,6 @@
 //! `/v1/catalog/*`: register and deregister, and the node and service listings with
 //! `?tag`, `?node-meta` and `?filter`, all blocking.
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::{get, put};
@@ -9,10 +8,11 @@ use cairn_shared::api::{DeregisterRequest, RegisterRequest};
 use cairn_shared::rpc::{Query, QueryOptions, QueryResult, Select, WriteOp, WriteRequest};
 
 use super::error::{ApiError, ApiResult};
+use super::routes::Routes;
 use super::{HttpState, Params, json, methods, path_tail, query_json, read, read_body, unexpected};
 
-pub(super) fn router() -> Router<HttpState> {
-    let mut r = Router::new()
+pub(super) fn router() -> Routes {
+    let mut r = Routes::new()
         .route("/v1/catalog/register", methods(put(register), "PUT"))
         .route("/v1/catalog/deregister", methods(put(deregister), "PUT"))
         .route("/v1/catalog/datacenters", methods(get(datacenters), "GET"))

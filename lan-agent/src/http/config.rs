@@ -2,7 +2,6 @@
 //! `GET|DELETE /v1/config/:kind/:name[?cas]`, stored through Raft with blocking reads.
 //! Cairn stores and serves them; it runs no service mesh that would act on them.
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::{get, put};
@@ -11,10 +10,11 @@ use cairn_shared::rpc::{Query, QueryResult, WriteOp, WriteRequest, WriteResult};
 use serde_json::Value;
 
 use super::error::{ApiError, ApiResult};
+use super::routes::Routes;
 use super::{HttpState, Params, json, methods, path_tail, query_json, read, unexpected};
 
-pub(super) fn router() -> Router<HttpState> {
-    Router::new()
+pub(super) fn router() -> Routes {
+    Routes::new()
         .route("/v1/config", methods(put(apply), "PUT"))
         .route(
             "/v1/config/{*rest}",

@@ -1,6 +1,5 @@
 //! `/v1/coordinate/*`: the network coordinates servers keep for every node.
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::{get, put};
@@ -8,12 +7,13 @@ use cairn_shared::api::CoordinateEntry;
 use cairn_shared::rpc::{Query, QueryResult, WriteOp, WriteRequest};
 
 use super::error::{ApiError, ApiResult};
+use super::routes::Routes;
 use super::{
     HttpState, Params, json, methods, path_tail, query_json, query_not_found, read, unexpected,
 };
 
-pub(super) fn router() -> Router<HttpState> {
-    Router::new()
+pub(super) fn router() -> Routes {
+    Routes::new()
         .route("/v1/coordinate/nodes", methods(get(nodes), "GET"))
         .route("/v1/coordinate/node/", methods(get(node), "GET"))
         .route("/v1/coordinate/node/{*node}", methods(get(node), "GET"))

@@ -1,6 +1,5 @@
 //! `/v1/event/fire/:name` and `/v1/event/list`: user events, answered by this agent.
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::{get, put};
@@ -8,10 +7,11 @@ use cairn_shared::acl::{Access, Resource};
 use cairn_shared::rpc::{Consistency, QueryMeta, timeouts};
 
 use super::error::{ApiError, ApiResult};
+use super::routes::Routes;
 use super::{HttpState, Params, json, methods, path_tail, query_json, read_body};
 
-pub(super) fn router() -> Router<HttpState> {
-    Router::new()
+pub(super) fn router() -> Routes {
+    Routes::new()
         .route("/v1/event/fire/", methods(put(fire), "PUT"))
         .route("/v1/event/fire/{*name}", methods(put(fire), "PUT"))
         .route("/v1/event/list", methods(get(list), "GET"))

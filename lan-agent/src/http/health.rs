@@ -1,7 +1,6 @@
 //! `/v1/health/*`: checks of a node, of a service, by state, and service instances with
 //! their checks (`?passing` keeps instances whose every check passes). All blocking.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::routing::get;
@@ -10,10 +9,11 @@ use cairn_shared::rpc::{Query, QueryResult};
 
 use super::catalog::select;
 use super::error::{ApiError, ApiResult};
+use super::routes::Routes;
 use super::{HttpState, Params, methods, path_tail, query_json, read, unexpected};
 
-pub(super) fn router() -> Router<HttpState> {
-    let mut r = Router::new();
+pub(super) fn router() -> Routes {
+    let mut r = Routes::new();
     for (path, handler) in [
         ("node", get(node)),
         ("checks", get(checks)),

@@ -1,7 +1,6 @@
 //! The LAN pool over HTTP: `/v1/agent/members`, `join`, `leave`, `force-leave`, and
 //! `/v1/operator/keyring`.
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
@@ -10,14 +9,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
+use super::routes::Routes;
 use super::{HttpState, Params, json, methods, path_tail};
 use cairn_shared::acl::{Access, Resource};
 use cairn_shared::rpc::{Query, QueryOptions, QueryResult, ReadRequest};
 
 use crate::gossip::{GossipError, KeyOp, KeyringReport, MemberInfo};
 
-pub(super) fn router() -> Router<HttpState> {
-    Router::new()
+pub(super) fn router() -> Routes {
+    Routes::new()
         .route("/v1/agent/members", methods(get(members), "GET"))
         .route(
             "/v1/agent/join/{*addr}",

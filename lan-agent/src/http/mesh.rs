@@ -5,7 +5,6 @@
 //! with the index of the service they name, blocking on it, `?filter` checked against
 //! the listed type.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::routing::get;
@@ -13,11 +12,12 @@ use cairn_shared::rpc::{Query, Select};
 
 use super::catalog::select;
 use super::error::{ApiError, ApiResult};
+use super::routes::Routes;
 use super::{HttpState, Params, methods, path_tail, query_json, read};
 use crate::filter::fields;
 
-pub(super) fn router() -> Router<HttpState> {
-    let mut r = Router::new();
+pub(super) fn router() -> Routes {
+    let mut r = Routes::new();
     for (path, handler) in [
         ("/v1/catalog/connect", get(catalog_connect)),
         ("/v1/health/connect", get(health_connect)),

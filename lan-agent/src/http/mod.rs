@@ -27,6 +27,7 @@ mod mesh;
 mod operator;
 pub mod params;
 mod query;
+mod routes;
 mod session;
 mod status;
 mod txn;
@@ -43,6 +44,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use cairn_shared::rpc::{Query, QueryMeta, QueryResult, ReadRequest, ReadResponse};
+use routes::Routes;
 use serde::Serialize;
 
 use crate::config::Limits;
@@ -109,9 +111,9 @@ impl std::fmt::Debug for StatsFn {
     }
 }
 
-/// The full API router.
-pub fn router(state: HttpState) -> Router {
-    Router::new()
+/// Every API route, with its path.
+fn api_routes() -> Routes {
+    Routes::new()
         .route("/v1/kv", methods(kv::routes(), "GET,PUT,DELETE"))
         .route("/v1/kv/", methods(kv::routes(), "GET,PUT,DELETE"))
         .route("/v1/kv/{*key}", methods(kv::routes(), "GET,PUT,DELETE"))
@@ -131,6 +133,19 @@ pub fn router(state: HttpState) -> Router {
         .merge(mesh::router())
         .merge(acl::router())
         .route("/", methods(get(index), "GET"))
+}
+
+/// The path of every route the API serves, as registered (`{name}` and `{*rest}` for
+/// parameters).
+pub fn route_paths() -> Vec<String> {
+    api_routes().into_parts().1
+}
+
+/// The full API router.
+pub fn router(state: HttpState) -> Router {
+    api_routes()
+        .into_parts()
+        .0
         .fallback(unknown_path)
         .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), acl_defaults))
@@ -168,11 +183,11 @@ pub(crate) fn methods(
 /// so an HTTP check pointed at the agent itself passes as it does on Consul.
 async fn index(State(st): State<HttpState>) -> Response {
     let info = &st.info;
+    // No node name: the page needs no token, and with ACLs on that name is protected.
     let body = format!(
-        "<!doctype html>\n<title>Cairn {node}</title>\n<h1>Cairn agent {node}</h1>\n\
+        "<!doctype html>\n<title>Cairn</title>\n<h1>Cairn agent</h1>\n\
          <p>Datacenter {dc}, version {version}. The web UI is not part of this build; \
          the HTTP API is under <a href=\"/v1/agent/self\">/v1/</a>.</p>\n",
-        node = html_escape(&info.node_name),
         dc = html_escape(&info.datacenter),
         version = crate::version::VERSION,
     );

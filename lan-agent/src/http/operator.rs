@@ -1,7 +1,6 @@
 //! `/v1/operator/raft/*`, `/v1/operator/autopilot/health` and `/v1/snapshot`: looking at
 //! and changing the servers' Raft configuration, and saving and restoring the whole state.
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
@@ -13,13 +12,14 @@ use cairn_shared::rpc::{
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::error::{ApiError, ApiResult};
+use super::routes::Routes;
 use super::{
     HttpState, Params, content_length, json, methods, query_json, read, set_meta, unexpected,
 };
 use crate::server::MAX_RESTORE;
 
-pub(super) fn router() -> Router<HttpState> {
-    Router::new()
+pub(super) fn router() -> Routes {
+    Routes::new()
         .route(
             "/v1/operator/raft/configuration",
             methods(get(configuration), "GET"),

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 
-use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -17,10 +16,11 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::error::{ApiError, ApiResult};
+use super::routes::Routes;
 use super::{HttpState, Params, content_length, methods, query_json, read_body, unexpected};
 
-pub(super) fn router() -> Router<HttpState> {
-    Router::new()
+pub(super) fn router() -> Routes {
+    Routes::new()
         .route("/v1/query", methods(get(list).post(create), "GET,POST"))
         .route("/v1/query/", methods(get(list).post(create), "GET,POST"))
         .route("/v1/query/{*rest}", any(specific))

@@ -4,7 +4,6 @@
 //! lock-delay, `release`) and reads `LockDelay` the way Consul does: a number is
 //! nanoseconds, a string is a duration, and anything under 1000 means seconds.
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::http::{HeaderMap, Uri};
@@ -15,11 +14,12 @@ use cairn_shared::rpc::{Query, QueryResult, WriteOp, WriteRequest, WriteResult};
 use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
+use super::routes::Routes;
 use super::{HttpState, Params, content_length, json, methods, query_json, read_body};
 use crate::server::default_session;
 
-pub(super) fn router() -> Router<HttpState> {
-    let mut r = Router::new().route("/v1/session/create", methods(put(create), "PUT"));
+pub(super) fn router() -> Routes {
+    let mut r = Routes::new().route("/v1/session/create", methods(put(create), "PUT"));
     for (path, handler) in [("destroy", put(destroy)), ("renew", put(renew))] {
         r = r
             .route(

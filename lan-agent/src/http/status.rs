@@ -1,16 +1,16 @@
 //! `/v1/status/leader` and `/v1/status/peers`: the Raft leader's and voters' RPC addresses.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::get;
 use cairn_shared::rpc::{Query, QueryResult, ReadRequest};
 
 use super::error::{ApiError, ApiResult};
+use super::routes::Routes;
 use super::{HttpState, Params, json, methods};
 
-pub(super) fn router() -> Router<HttpState> {
-    Router::new()
+pub(super) fn router() -> Routes {
+    Routes::new()
         .route("/v1/status/leader", methods(get(leader), "GET"))
         .route("/v1/status/peers", methods(get(peers), "GET"))
 }

@@ -14,7 +14,7 @@ use cairn_shared::acl::{
     ACL_NOT_FOUND, ANONYMOUS_ACCESSOR, ANONYMOUS_SECRET, Access, Authorizer, Identity,
     MANAGEMENT_POLICY_ID, MANAGEMENT_POLICY_NAME, PERMISSION_DENIED, Policy, Resource, Token,
 };
-use cairn_shared::api::{HealthCheck, KvVerb, ServiceEntry, TxnOp};
+use cairn_shared::api::{HealthCheck, KvVerb, PreparedQuery, ServiceEntry, TxnOp};
 use cairn_shared::rpc::{AclOp, Query, QueryResult, ReadResponse, RpcError, WriteOp};
 
 use super::Server;
@@ -330,7 +330,14 @@ impl Server {
     }
 
     /// Leaves out of a read's answer what `token` may not read, and says so in the meta.
-    pub fn filter_read(&self, token: &str, resp: &mut ReadResponse) -> Result<(), RpcError> {
+    /// A read of `one` prepared query by ID or name (and an explain) that the token may not
+    /// see is refused instead, as Consul's are.
+    pub fn filter_read(
+        &self,
+        token: &str,
+        one: bool,
+        resp: &mut ReadResponse,
+    ) -> Result<(), RpcError> {
         if !self.acl_enabled() {
             return Ok(());
         }
@@ -348,6 +355,10 @@ impl Server {
             }
         };
         let entry = |e: &ServiceEntry| node(&e.node.node) && service(&e.service.service);
+        // A query without a name is for management alone, as in Consul.
+        let readable = |q: &PreparedQuery| {
+            !q.name.is_empty() && a.allowed(Resource::Query, &q.name, Access::Read)
+        };
         let mut dropped = false;
         let mut keep = |ok: bool| {
             dropped |= !ok;
@@ -388,9 +399,11 @@ impl Server {
             QueryResult::ServiceEntries(v) => v.retain(|e| keep(entry(e))),
             QueryResult::Coordinates(v) => v.retain(|c| keep(node(&c.node))),
             QueryResult::PreparedQueries(v) => {
-                v.retain(|q| {
-                    keep(!q.name.is_empty() && a.allowed(Resource::Query, &q.name, Access::Read))
-                });
+                let before = v.len();
+                v.retain(|q| keep(readable(q)));
+                if one && v.len() < before {
+                    return Err(denied());
+                }
                 // A query's token is for running it, not for reading.
                 for q in v.iter_mut().filter(|q| !q.token.is_empty()) {
                     q.token = "<hidden>".into();
@@ -398,6 +411,9 @@ impl Server {
             }
             QueryResult::PreparedQueryExecute(r) => r.nodes.retain(|e| keep(entry(e))),
             QueryResult::PreparedQueryExplain(q) => {
+                if !readable(q) {
+                    return Err(denied());
+                }
                 if !q.token.is_empty() {
                     q.token = "<hidden>".into();
                 }

@@ -472,8 +472,9 @@ impl Server {
         }
         self.authorize_read(&req.options.token, &req.query)?;
         let token = req.options.token.clone();
+        let one = matches!(req.query, Query::PreparedQuery { .. });
         let mut resp = self.route_read_here(req, may_forward).await?;
-        self.filter_read(&token, &mut resp)?;
+        self.filter_read(&token, one, &mut resp)?;
         Ok(resp)
     }
 
