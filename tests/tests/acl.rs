@@ -894,3 +894,213 @@ async fn anonymous_calls_to_every_route_are_refused_or_see_nothing() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `cairn acl ...` against a real agent: bootstrap, policies from a rules file, roles,
+/// tokens (create, read by prefix and `-self`, update, clone, delete), `-token-file` and
+/// `CONSUL_HTTP_TOKEN`, and the refusal of a token without `acl:write`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_acl_cli_manages_tokens_policies_and_roles() {
+    let dir = std::env::temp_dir().join(format!("cairn-acl-cli-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("acl.json");
+    std::fs::write(
+        &cfg,
+        json!({"acl": {"enabled": true, "default_policy": "deny"}}).to_string(),
+    )
+    .unwrap();
+    let agent = AgentOpts::default()
+        .arg(format!("-config-file={}", cfg.display()))
+        .start()
+        .await
+        .unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = agent.cli();
+        cmd.env_remove("CONSUL_HTTP_TOKEN").args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let json_of = |s: &str| -> Value { serde_json::from_str(s).unwrap() };
+
+    let (code, out, err) = run(&["acl", "bootstrap", "-format=json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let root = json_of(&out)["SecretID"].as_str().unwrap().to_string();
+    let (code, _, err) = run(&["acl", "bootstrap"], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("ACL bootstrap no longer allowed"), "{err}");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{root}\n")).unwrap();
+    let tf = format!("-token-file={}", token_file.display());
+    let env = [("CONSUL_HTTP_TOKEN", root.as_str())];
+    let path = token_file.to_str().unwrap();
+    let (code, out, err) = run(
+        &["acl", "token", "read", "-self", "-format=json"],
+        &[("CONSUL_HTTP_TOKEN_FILE", path)],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json_of(&out)["SecretID"], root.as_str());
+
+    // A policy from a rules file, read back by name.
+    let rules = dir.join("rules.hcl");
+    std::fs::write(&rules, "key_prefix \"app/\" { policy = \"write\" }\n").unwrap();
+    let rules_arg = format!("-rules=@{}", rules.display());
+    let (code, out, err) = run(
+        &[
+            "acl",
+            "policy",
+            "create",
+            "-name=app",
+            rules_arg.as_str(),
+            tf.as_str(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Name:         app"), "{out}");
+    assert!(out.contains("key_prefix \"app/\""), "{out}");
+    let (code, out, _) = run(
+        &["acl", "policy", "read", "-name=app", "-format=json"],
+        &env,
+    );
+    assert_eq!(code, 0);
+    let policy_id = json_of(&out)["ID"].as_str().unwrap().to_string();
+    let (code, out, err) = run(
+        &[
+            "acl",
+            "policy",
+            "update",
+            "-name=app",
+            "-description=for the app",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Description:  for the app"), "{out}");
+    assert!(out.contains("key_prefix"), "the rules stay: {out}");
+
+    // A role holding it, and a token holding the role.
+    let (code, out, err) = run(
+        &[
+            "acl",
+            "role",
+            "create",
+            "-name=app-role",
+            "-policy-name=app",
+            "-service-identity=web:dc1",
+            "-format=json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let role = json_of(&out);
+    assert_eq!(role["Policies"][0]["Name"], "app");
+    assert_eq!(role["ServiceIdentities"][0]["Datacenters"], json!(["dc1"]));
+    let (code, out, err) = run(
+        &[
+            "acl",
+            "token",
+            "create",
+            "-description=app token",
+            "-role-name=app-role",
+            "-format=json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let token = json_of(&out);
+    let accessor = token["AccessorID"].as_str().unwrap().to_string();
+    let secret = token["SecretID"].as_str().unwrap().to_string();
+
+    // The token works where its policy says, and reads itself.
+    let (code, _, err) = run(
+        &["kv", "put", "app/x", "1"],
+        &[("CONSUL_HTTP_TOKEN", &secret)],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, _) = run(
+        &["kv", "put", "other/x", "1"],
+        &[("CONSUL_HTTP_TOKEN", &secret)],
+    );
+    assert_eq!(code, 1);
+    let (code, out, err) = run(
+        &["acl", "token", "read", "-self"],
+        &[("CONSUL_HTTP_TOKEN", &secret)],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("AccessorID:       {accessor}")),
+        "{out}"
+    );
+    assert!(out.contains("Roles:\n"), "{out}");
+    // It may not manage ACLs.
+    let (code, _, err) = run(
+        &["acl", "policy", "create", "-name=sneaky"],
+        &[("CONSUL_HTTP_TOKEN", &secret)],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("403") && err.contains("Permission denied"),
+        "{err}"
+    );
+
+    // Read by a prefix of its accessor; update appends a policy; clone; delete.
+    let prefix = &accessor[..8];
+    let (code, out, err) = run(&["acl", "token", "read", "-id", prefix], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Description:      app token"), "{out}");
+    let (code, out, err) = run(
+        &[
+            "acl",
+            "token",
+            "update",
+            "-id",
+            prefix,
+            "-append-policy-id",
+            &policy_id,
+            "-format=json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let updated = json_of(&out);
+    assert_eq!(updated["SecretID"], secret.as_str(), "the secret stays");
+    assert_eq!(updated["Policies"][0]["Name"], "app");
+    assert_eq!(updated["Roles"][0]["Name"], "app-role", "roles stay");
+    let (code, out, err) = run(
+        &[
+            "acl",
+            "token",
+            "clone",
+            "-id",
+            &accessor,
+            "-description=copy",
+            "-format=json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let copy = json_of(&out)["AccessorID"].as_str().unwrap().to_string();
+    let (code, out, _) = run(&["acl", "token", "list"], &env);
+    assert_eq!(code, 0);
+    assert!(out.contains(&copy) && out.contains(&accessor), "{out}");
+    let (code, out, err) = run(&["acl", "token", "delete", "-id", &copy], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deleted successfully"), "{out}");
+    let (code, _, err) = run(&["acl", "token", "read", "-id", &copy], &env);
+    assert_eq!(code, 1);
+    assert!(err.contains("ACL not found"), "{err}");
+    let (code, _, err) = run(&["acl", "role", "delete", "-name=app-role"], &env);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = run(&["acl", "role", "list", "-format=json"], &env);
+    assert_eq!((code, json_of(&out)), (0, json!([])));
+    let (code, _, err) = run(&["acl", "token", "read", "-id", "zzzz"], &env);
+    assert_eq!(code, 1);
+    assert!(err.contains("No such token ID with prefix: zzzz"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,5 +1,6 @@
 //! The CLI's HTTP client for an agent, with Consul's common flags and environment
-//! (`-http-addr`, `CAIRN_HTTP_ADDR` then `CONSUL_HTTP_ADDR`, `-token`, `-datacenter`).
+//! (`-http-addr`, `CAIRN_HTTP_ADDR` then `CONSUL_HTTP_ADDR`, `-token`, `-token-file`,
+//! `-datacenter`).
 
 use std::time::Duration;
 
@@ -16,6 +17,9 @@ pub struct HttpFlags {
     /// ACL token (env CAIRN_HTTP_TOKEN or CONSUL_HTTP_TOKEN)
     #[arg(long)]
     pub token: Option<String>,
+    /// File holding the ACL token (env CAIRN_HTTP_TOKEN_FILE or CONSUL_HTTP_TOKEN_FILE)
+    #[arg(long = "token-file", value_name = "PATH")]
+    pub token_file: Option<String>,
     /// Datacenter to query; defaults to the agent's
     #[arg(long)]
     pub datacenter: Option<String>,
@@ -94,10 +98,22 @@ impl Client {
         } else {
             format!("http://{}", addr.trim_end_matches('/'))
         };
-        let token = flags
-            .token
-            .clone()
-            .or_else(|| env_first(&["CAIRN_HTTP_TOKEN", "CONSUL_HTTP_TOKEN"]));
+        // As Consul: the flag, then the file flag, then the environment, token before file.
+        let file = |path: String| -> anyhow::Result<String> {
+            let t = std::fs::read_to_string(&path)
+                .with_context(|| format!("Error loading token file {path}"))?;
+            Ok(t.trim().to_string())
+        };
+        let token = match (&flags.token, &flags.token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(f)) => Some(file(f.clone())?),
+            (None, None) => match env_first(&["CAIRN_HTTP_TOKEN", "CONSUL_HTTP_TOKEN"]) {
+                Some(t) => Some(t),
+                None => env_first(&["CAIRN_HTTP_TOKEN_FILE", "CONSUL_HTTP_TOKEN_FILE"])
+                    .map(file)
+                    .transpose()?,
+            },
+        };
         // Blocking queries wait up to 10 minutes plus jitter.
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(660))

@@ -2,6 +2,7 @@
 //! running agent's HTTP API, like Consul's CLI. Flags are spelled Consul's way (`-recurse`,
 //! `-data-dir=/x`); see [`cairn_shared::argv`].
 
+pub mod acl;
 pub mod agent;
 pub mod catalog;
 pub mod client;
@@ -88,6 +89,9 @@ pub enum Command {
     /// Create, list, read, delete and execute prepared queries
     #[command(subcommand)]
     Query(query::QueryCommand),
+    /// Bootstrap ACLs; manage tokens, policies and roles
+    #[command(subcommand)]
+    Acl(acl::AclCommand),
     /// Create a CA and certificates for servers, clients and WAN routers
     #[command(subcommand)]
     Tls(tls::TlsCommand),
@@ -166,6 +170,7 @@ pub async fn run(cli: Cli) -> u8 {
             0
         }
         Command::Tls(cmd) => tls::run(cmd),
+        Command::Acl(cmd) => acl::run(cmd).await,
         Command::Query(cmd) => query::run(cmd).await,
         Command::Version(args) => version(&args),
     }
