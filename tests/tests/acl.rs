@@ -1104,3 +1104,76 @@ async fn the_acl_cli_manages_tokens_policies_and_roles() {
     assert!(err.contains("No such token ID with prefix: zzzz"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A prepared query with a token of its own answers with what that token may read, for
+/// any caller and over DNS; one without answers with what the caller may read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prepared_query_runs_with_its_own_token() {
+    let (agent, dir) = deny_agent_with(json!({}), true).await;
+    let r = call(
+        &agent,
+        "PUT",
+        "/v1/agent/service/register",
+        MGMT,
+        Some(json!({"Name": "web", "Port": 80})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let p = call(&agent, "PUT", "/v1/acl/policy", MGMT, Some(json!({
+        "Name": "web-read",
+        "Rules": "service \"web\" { policy = \"read\" }\nnode_prefix \"\" { policy = \"read\" }",
+    }))).await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    let t = call(
+        &agent,
+        "PUT",
+        "/v1/acl/token",
+        MGMT,
+        Some(json!({"Policies": [{"Name": "web-read"}]})),
+    )
+    .await;
+    let reader = t.json()["SecretID"].as_str().unwrap().to_string();
+    let create = |body: Value| {
+        let agent = &agent;
+        async move {
+            let r = call(agent, "POST", "/v1/query", MGMT, Some(body)).await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            r.json()["ID"].as_str().unwrap().to_string()
+        }
+    };
+    let plain = create(json!({"Name": "web-plain", "Service": {"Service": "web"}})).await;
+    let owned = create(json!({"Name": "web-owned", "Service": {"Service": "web"},
+        "Token": reader}))
+    .await;
+    eventually(Duration::from_secs(10), "web in the catalog", || async {
+        let r = call(&agent, "GET", "/v1/catalog/service/web", MGMT, None).await;
+        r.json()
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let nodes = |r: Reply| r.json()["Nodes"].as_array().map_or(0, Vec::len);
+    let path = |id: &str| format!("/v1/query/{id}/execute");
+    assert_eq!(nodes(call(&agent, "GET", &path(&plain), "", None).await), 0);
+    assert_eq!(
+        nodes(call(&agent, "GET", &path(&plain), &reader, None).await),
+        1
+    );
+    assert_eq!(nodes(call(&agent, "GET", &path(&owned), "", None).await), 1);
+    let dns = agent.dns.unwrap();
+    let d = dig(dns, "web-owned.query.consul", "A", &[]);
+    assert_eq!(
+        (d.status.as_str(), d.answer.len()),
+        ("NOERROR", 1),
+        "{}",
+        d.raw
+    );
+    let d = dig(dns, &format!("{plain}.query.consul"), "A", &[]);
+    assert_eq!(d.answer.len(), 0, "{}", d.raw);
+    // Its token is shown to management only.
+    let r = call(&agent, "GET", &format!("/v1/query/{owned}"), &reader, None).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    let _ = std::fs::remove_dir_all(&dir);
+}

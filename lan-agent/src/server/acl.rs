@@ -329,6 +329,32 @@ impl Server {
         }
     }
 
+    /// Keeps the instances a prepared query may answer: those its own token may read, or,
+    /// when it has none, those of the caller's token, as Consul runs queries.
+    pub(super) fn query_entries(
+        &self,
+        caller: &str,
+        query: &PreparedQuery,
+        entries: &mut Vec<ServiceEntry>,
+    ) -> Result<(), RpcError> {
+        if !self.acl_enabled() {
+            return Ok(());
+        }
+        let token = if query.token.is_empty() {
+            caller
+        } else {
+            &query.token
+        };
+        let a = self.authorizer(token)?;
+        if !a.is_management() {
+            entries.retain(|e| {
+                a.allowed(Resource::Node, &e.node.node, Access::Read)
+                    && a.allowed(Resource::Service, &e.service.service, Access::Read)
+            });
+        }
+        Ok(())
+    }
+
     /// Leaves out of a read's answer what `token` may not read, and says so in the meta.
     /// A read of `one` prepared query by ID or name (and an explain) that the token may not
     /// see is refused instead, as Consul's are.
@@ -409,7 +435,8 @@ impl Server {
                     q.token = "<hidden>".into();
                 }
             }
-            QueryResult::PreparedQueryExecute(r) => r.nodes.retain(|e| keep(entry(e))),
+            // Filtered where it ran, before any failover, with the query's token.
+            QueryResult::PreparedQueryExecute(_) => {}
             QueryResult::PreparedQueryExplain(q) => {
                 if !readable(q) {
                     return Err(denied());

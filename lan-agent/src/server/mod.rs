@@ -651,7 +651,7 @@ impl Server {
                 Some(self.explain_query(id_or_name, agent)?)
             }
             Query::PreparedQueryExecuteRemote { query, limit } => {
-                Some(self.execute_query_remote(query, *limit))
+                Some(self.execute_query_remote(&req.options.token, query, *limit)?)
             }
             _ => None,
         };

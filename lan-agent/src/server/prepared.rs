@@ -107,12 +107,14 @@ impl Server {
     /// Runs a query here without failover: what a remote datacenter does for another's.
     pub(super) fn execute_query_remote(
         &self,
+        caller: &str,
         query: &PreparedQuery,
         limit: usize,
-    ) -> (u64, QueryResult) {
+    ) -> Result<(u64, QueryResult), RpcError> {
         let (index, mut nodes) = self
             .state()
             .read(|s| (s.queries_index(), s.run_query(query)));
+        self.query_entries(caller, query, &mut nodes)?;
         nodes.shuffle(&mut rand::rng());
         if limit > 0 {
             nodes.truncate(limit);
@@ -124,7 +126,7 @@ impl Server {
             datacenter: self.inner.config.datacenter.clone(),
             failovers: 0,
         };
-        (index, QueryResult::PreparedQueryExecute(Box::new(resp)))
+        Ok((index, QueryResult::PreparedQueryExecute(Box::new(resp))))
     }
 
     /// `/v1/query/:id/execute`, failover included.
@@ -149,6 +151,8 @@ impl Server {
                 "Connect-capable prepared queries are not supported",
             ));
         }
+        // What the token may not read is gone before failover is considered, as in Consul.
+        self.query_entries(&req.options.token, &query, &mut nodes)?;
         nodes.shuffle(&mut rand::rng());
         // The request's source wins over the query's Near, as in Consul.
         let mut near = req.options.near.clone();
