@@ -98,6 +98,19 @@ async fn deny_agent_with(extra: Value, dns: bool) -> (Agent, std::path::PathBuf)
     (opts.start().await.unwrap(), dir)
 }
 
+/// A new token that may read service `web` and every node.
+async fn web_reader(agent: &Agent) -> String {
+    let p = call(agent, "PUT", "/v1/acl/policy", MGMT, Some(json!({
+        "Name": "web-read",
+        "Rules": "service \"web\" { policy = \"read\" }\nnode_prefix \"\" { policy = \"read\" }",
+    }))).await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    let body = json!({"Policies": [{"Name": "web-read"}]});
+    let t = call(agent, "PUT", "/v1/acl/token", MGMT, Some(body)).await;
+    assert_eq!(t.status, 200, "{}", t.text);
+    t.json()["SecretID"].as_str().unwrap().to_string()
+}
+
 fn uuid_like() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -568,20 +581,7 @@ async fn dns_answers_what_the_agent_default_token_may_read() {
     .unwrap();
     // No default token: DNS acts as anonymous and sees nothing.
     assert_eq!(dig(dns, "web.service.consul", "A", &[]).status, "NXDOMAIN");
-    let p = call(&agent, "PUT", "/v1/acl/policy", MGMT, Some(json!({
-        "Name": "dns-web",
-        "Rules": "service \"web\" { policy = \"read\" }\nnode_prefix \"\" { policy = \"read\" }",
-    }))).await;
-    assert_eq!(p.status, 200, "{}", p.text);
-    let t = call(
-        &agent,
-        "PUT",
-        "/v1/acl/token",
-        MGMT,
-        Some(json!({"Policies": [{"Name": "dns-web"}]})),
-    )
-    .await;
-    let secret = t.json()["SecretID"].as_str().unwrap().to_string();
+    let secret = web_reader(&agent).await;
     // Setting the default token needs acl:write.
     let r = call(
         &agent,
@@ -1119,20 +1119,7 @@ async fn a_prepared_query_runs_with_its_own_token() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let p = call(&agent, "PUT", "/v1/acl/policy", MGMT, Some(json!({
-        "Name": "web-read",
-        "Rules": "service \"web\" { policy = \"read\" }\nnode_prefix \"\" { policy = \"read\" }",
-    }))).await;
-    assert_eq!(p.status, 200, "{}", p.text);
-    let t = call(
-        &agent,
-        "PUT",
-        "/v1/acl/token",
-        MGMT,
-        Some(json!({"Policies": [{"Name": "web-read"}]})),
-    )
-    .await;
-    let reader = t.json()["SecretID"].as_str().unwrap().to_string();
+    let reader = web_reader(&agent).await;
     let create = |body: Value| {
         let agent = &agent;
         async move {
