@@ -111,6 +111,17 @@ async fn web_reader(agent: &Agent) -> String {
     t.json()["SecretID"].as_str().unwrap().to_string()
 }
 
+/// Waits until `token` sees one instance of `web` in the catalog.
+async fn web_listed(agent: &Agent, token: &str) {
+    eventually(Duration::from_secs(10), "web in the catalog", || async {
+        let r = call(agent, "GET", "/v1/catalog/service/web", token, None).await;
+        let one = r.json().as_array().is_some_and(|a| a.len() == 1);
+        one.then_some(())
+    })
+    .await
+    .unwrap();
+}
+
 fn uuid_like() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -1132,15 +1143,7 @@ async fn a_prepared_query_runs_with_its_own_token() {
     let owned = create(json!({"Name": "web-owned", "Service": {"Service": "web"},
         "Token": reader}))
     .await;
-    eventually(Duration::from_secs(10), "web in the catalog", || async {
-        let r = call(&agent, "GET", "/v1/catalog/service/web", MGMT, None).await;
-        r.json()
-            .as_array()
-            .is_some_and(|a| a.len() == 1)
-            .then_some(())
-    })
-    .await
-    .unwrap();
+    web_listed(&agent, MGMT).await;
     let nodes = |r: Reply| r.json()["Nodes"].as_array().map_or(0, Vec::len);
     let path = |id: &str| format!("/v1/query/{id}/execute");
     assert_eq!(nodes(call(&agent, "GET", &path(&plain), "", None).await), 0);
@@ -1162,5 +1165,140 @@ async fn a_prepared_query_runs_with_its_own_token() {
     // Its token is shown to management only.
     let r = call(&agent, "GET", &format!("/v1/query/{owned}"), &reader, None).await;
     assert_eq!(r.status, 403, "{}", r.text);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Templated policies: listed, read and previewed with acl:read; on a token (here through
+/// the CLI) and on a role they grant what their template renders; bad ones are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn templated_policies_grant_what_their_template_renders() {
+    let (agent, dir) = deny_agent(json!({})).await;
+    let r = call(&agent, "GET", "/v1/acl/templated-policies", MGMT, None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut names: Vec<String> = r.json().as_object().unwrap().keys().cloned().collect();
+    names.sort();
+    assert_eq!(names, ["builtin/dns", "builtin/node", "builtin/service"]);
+    let r = call(
+        &agent,
+        "GET",
+        "/v1/acl/templated-policy/name/builtin/service",
+        MGMT,
+        None,
+    )
+    .await;
+    assert!(
+        r.json()["Template"].as_str().unwrap().contains("{{.Name}}"),
+        "{}",
+        r.text
+    );
+    let r = call(
+        &agent,
+        "GET",
+        "/v1/acl/templated-policy/name/builtin/nope",
+        MGMT,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.text.as_str()),
+        (400, "Invalid templated policy Name: builtin/nope")
+    );
+    let preview = "/v1/acl/templated-policy/preview/builtin/service";
+    let r = call(&agent, "POST", preview, MGMT, Some(json!({"Name": "api"}))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.json()["Rules"]
+            .as_str()
+            .unwrap()
+            .contains("service \"api\""),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.json()["Name"]
+            .as_str()
+            .unwrap()
+            .starts_with("synthetic-policy-")
+    );
+    let r = call(&agent, "POST", preview, MGMT, Some(json!({}))).await;
+    assert_eq!(r.status, 400);
+    assert!(r.text.contains("name is required"), "{}", r.text);
+    let r = call(&agent, "GET", "/v1/acl/templated-policies", "", None).await;
+    assert_eq!(r.status, 403, "anonymous may not read them: {}", r.text);
+
+    // A token made by the CLI with builtin/service for web.
+    let out = agent
+        .cli()
+        .env("CONSUL_HTTP_TOKEN", MGMT)
+        .args([
+            "acl",
+            "token",
+            "create",
+            "-templated-policy=builtin/service",
+            "-var=name:web",
+            "-format=json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        t["TemplatedPolicies"][0]["TemplateVariables"]["name"],
+        "web"
+    );
+    let web = t["SecretID"].as_str().unwrap().to_string();
+    let register = |name: &'static str| {
+        let (agent, web) = (&agent, web.clone());
+        async move {
+            let body = json!({"Name": name, "Port": 80});
+            call(agent, "PUT", "/v1/agent/service/register", &web, Some(body))
+                .await
+                .status
+        }
+    };
+    assert_eq!(register("web").await, 200);
+    assert_eq!(register("db").await, 403);
+
+    // A role with builtin/dns reads every service but writes none.
+    let role = json!({"Name": "dns", "TemplatedPolicies": [{"TemplateName": "builtin/dns"}]});
+    let r = call(&agent, "PUT", "/v1/acl/role", MGMT, Some(role)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let body = json!({"Roles": [{"Name": "dns"}]});
+    let t = call(&agent, "PUT", "/v1/acl/token", MGMT, Some(body)).await;
+    let dns = t.json()["SecretID"].as_str().unwrap().to_string();
+    web_listed(&agent, &dns).await;
+    let r = put_raw(&agent, "/v1/kv/x", &dns, "v").await;
+    assert_eq!(r.status, 403);
+
+    // Bad templated policies store nothing.
+    let before = call(&agent, "GET", "/v1/acl/tokens", MGMT, None)
+        .await
+        .json();
+    for (tp, want) in [
+        (
+            json!({"TemplateName": "builtin/nope"}),
+            "invalid templated name",
+        ),
+        (
+            json!({"TemplateName": "builtin/service"}),
+            "name is required",
+        ),
+        (json!({"TemplateName": ""}), "missing the template name"),
+    ] {
+        let body = json!({"TemplatedPolicies": [tp]});
+        let r = call(&agent, "PUT", "/v1/acl/token", MGMT, Some(body)).await;
+        assert_eq!(r.status, 500, "{}", r.text);
+        assert!(r.text.contains(want), "{want}: {}", r.text);
+    }
+    assert_eq!(
+        call(&agent, "GET", "/v1/acl/tokens", MGMT, None)
+            .await
+            .json(),
+        before
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -190,6 +190,7 @@ impl AclState {
         };
         let mut services = t.service_identities.clone();
         let mut nodes = t.node_identities.clone();
+        let mut templated = t.templated_policies.clone();
         for l in &t.policies {
             policy(&l.id, &mut rules);
         }
@@ -199,6 +200,15 @@ impl AclState {
             }
             services.extend(r.service_identities.iter().cloned());
             nodes.extend(r.node_identities.iter().cloned());
+            templated.extend(r.templated_policies.iter().cloned());
+        }
+        // Validated when stored, so one that no longer renders grants nothing.
+        for tp in templated {
+            if (tp.datacenters.is_empty() || tp.datacenters.iter().any(|d| d == datacenter))
+                && let Ok(r) = cairn_shared::acl::templates::render(&tp)
+            {
+                rules.push(r);
+            }
         }
         for s in services {
             if s.datacenters.is_empty() || s.datacenters.iter().any(|d| d == datacenter) {

@@ -101,6 +101,12 @@ pub struct Links {
     /// A node identity, `NODE:DC` (repeatable)
     #[arg(long = "node-identity", action = ArgAction::Append)]
     node_identity: Vec<String>,
+    /// A built-in templated policy, e.g. `builtin/service` (repeatable)
+    #[arg(long = "templated-policy", action = ArgAction::Append)]
+    templated_policy: Vec<String>,
+    /// The templated policies' variable, `name:VALUE`
+    #[arg(long = "var")]
+    var: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -266,6 +272,7 @@ impl Kind {
                 "Roles",
                 "ServiceIdentities",
                 "NodeIdentities",
+                "TemplatedPolicies",
                 "Local",
             ],
             Kind::Policy => &["ID", "Name", "Description", "Rules", "Datacenters"],
@@ -276,6 +283,7 @@ impl Kind {
                 "Policies",
                 "ServiceIdentities",
                 "NodeIdentities",
+                "TemplatedPolicies",
             ],
         }
     }
@@ -504,6 +512,18 @@ fn apply_links(body: &mut Map<String, Value>, l: &Links) -> anyhow::Result<()> {
             l.node_identity.iter().map(|s| node_identity(s)).collect();
         body.insert("NodeIdentities".into(), Value::Array(v?));
     }
+    if !l.templated_policy.is_empty() {
+        let name = match l.var.as_deref().map(|v| v.split_once(':')) {
+            None => None,
+            Some(Some(("name", value))) => Some(value),
+            Some(_) => bail!("Malformed -var argument: {:?}, expected name:VALUE", l.var),
+        };
+        let v = l.templated_policy.iter().map(|t| match name {
+            Some(n) => json!({"TemplateName": t, "TemplateVariables": {"Name": n}}),
+            None => json!({ "TemplateName": t }),
+        });
+        body.insert("TemplatedPolicies".into(), Value::Array(v.collect()));
+    }
     Ok(())
 }
 
@@ -673,6 +693,15 @@ fn show_links(v: &Value, out: &mut String) {
                 "   {} (Datacenters: {dcs})\n",
                 text(s, "ServiceName")
             ));
+        }
+    }
+    if let Some(list) = v["TemplatedPolicies"].as_array().filter(|l| !l.is_empty()) {
+        out.push_str("Templated Policies:\n");
+        for t in list {
+            out.push_str(&format!("   {}\n", text(t, "TemplateName")));
+            if let Some(n) = t["TemplateVariables"]["name"].as_str() {
+                out.push_str(&format!("      Name: {n}\n"));
+            }
         }
     }
     if let Some(list) = v["NodeIdentities"].as_array().filter(|l| !l.is_empty()) {

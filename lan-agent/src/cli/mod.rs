@@ -91,7 +91,7 @@ pub enum Command {
     Query(query::QueryCommand),
     /// Bootstrap ACLs; manage tokens, policies and roles
     #[command(subcommand)]
-    Acl(acl::AclCommand),
+    Acl(Box<acl::AclCommand>),
     /// Create a CA and certificates for servers, clients and WAN routers
     #[command(subcommand)]
     Tls(tls::TlsCommand),
@@ -170,7 +170,7 @@ pub async fn run(cli: Cli) -> u8 {
             0
         }
         Command::Tls(cmd) => tls::run(cmd),
-        Command::Acl(cmd) => acl::run(cmd).await,
+        Command::Acl(cmd) => acl::run(*cmd).await,
         Command::Query(cmd) => query::run(cmd).await,
         Command::Version(args) => version(&args),
     }

@@ -7,9 +7,10 @@ use std::time::Duration;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use cairn_shared::acl::{
-    ACL_DISABLED, ACL_NOT_FOUND, Link, NodeIdentity, Policy, Role, ServiceIdentity, Token,
+    ACL_DISABLED, ACL_NOT_FOUND, Link, NodeIdentity, Policy, Role, ServiceIdentity,
+    TemplateVariables, TemplatedPolicy, Token, templates,
 };
 use cairn_shared::rpc::{AclOp, Query, QueryResult, WriteOp, WriteRequest, WriteResult};
 use serde::Deserialize;
@@ -66,6 +67,18 @@ pub(super) fn router() -> Routes {
             methods(get(object_by_name::<Role>), "GET"),
         )
         .route("/v1/acl/roles", methods(get(role_list), "GET"))
+        .route(
+            "/v1/acl/templated-policies",
+            methods(get(templated_list), "GET"),
+        )
+        .route(
+            "/v1/acl/templated-policy/name/{*name}",
+            methods(get(templated_read), "GET"),
+        )
+        .route(
+            "/v1/acl/templated-policy/preview/{*name}",
+            methods(post(templated_preview), "POST"),
+        )
         .route("/v1/agent/token/{kind}", methods(put(agent_token), "PUT"))
 }
 
@@ -157,6 +170,7 @@ struct TokenBody {
     roles: Vec<Link>,
     service_identities: Vec<ServiceIdentity>,
     node_identities: Vec<NodeIdentity>,
+    templated_policies: Vec<TemplatedPolicy>,
     local: bool,
     expiration_time: Option<String>,
     #[serde(rename = "ExpirationTTL")]
@@ -183,7 +197,7 @@ fn token_of(body: TokenBody, create: bool, now_ms: u64) -> Result<(Token, Option
         }
     }
     for s in &body.service_identities {
-        if !valid_service_name(&s.service_name) {
+        if !templates::valid_service_name(&s.service_name) {
             return Err(bad(&format!(
                 "Service identity {:?} has an invalid name. Only lowercase alphanumeric characters, '-' and '_' are allowed",
                 s.service_name
@@ -197,6 +211,7 @@ fn token_of(body: TokenBody, create: bool, now_ms: u64) -> Result<(Token, Option
             ));
         }
     }
+    check_templated(&body.templated_policies, body.local).map_err(|e| bad(&e))?;
     let ttl = match &body.expiration_ttl {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.is_empty() => None,
@@ -242,6 +257,7 @@ fn token_of(body: TokenBody, create: bool, now_ms: u64) -> Result<(Token, Option
         roles: body.roles,
         service_identities: body.service_identities,
         node_identities: body.node_identities,
+        templated_policies: dedup_templated(body.templated_policies),
         local: body.local,
         expiration_time: expires.map(crate::server::rfc3339),
         ..Token::default()
@@ -249,14 +265,44 @@ fn token_of(body: TokenBody, create: bool, now_ms: u64) -> Result<(Token, Option
     Ok((token, expires))
 }
 
-/// Service identity names: lowercase letters, digits, `-` and `_`, not starting or ending
-/// with a separator.
-fn valid_service_name(n: &str) -> bool {
-    let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    !n.is_empty()
-        && n.bytes().all(|b| ok(b) || b == b'-' || b == b'_')
-        && n.bytes().next().is_some_and(ok)
-        && n.bytes().last().is_some_and(ok)
+/// Templated policies as Consul checks them on a token or role: a known template, with the
+/// variables its schema asks for, and no datacenters on a local token.
+fn check_templated(list: &[TemplatedPolicy], local: bool) -> Result<(), String> {
+    for tp in list {
+        if tp.template_name.is_empty() {
+            return Err("templated policy is missing the template name field".into());
+        }
+        let Some(t) = templates::find(&tp.template_name) else {
+            return Err(format!(
+                "templated policy with an invalid templated name: {}",
+                tp.template_name
+            ));
+        };
+        templates::validate(t, tp)?;
+        if local && !tp.datacenters.is_empty() {
+            return Err(format!(
+                "cannot set datacenters on templated policy {:?} of a local token",
+                tp.template_name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The list without repeats of a template and its variables.
+fn dedup_templated(list: Vec<TemplatedPolicy>) -> Vec<TemplatedPolicy> {
+    let mut out: Vec<TemplatedPolicy> = Vec::new();
+    for tp in list {
+        let same = |o: &TemplatedPolicy| {
+            o.template_name == tp.template_name
+                && o.template_variables.as_ref().map(|v| &v.name)
+                    == tp.template_variables.as_ref().map(|v| &v.name)
+        };
+        if !out.iter().any(same) {
+            out.push(tp);
+        }
+    }
+    out
 }
 
 fn now_ms() -> u64 {
@@ -431,7 +477,7 @@ trait Object: serde::Serialize + Sized + Send + 'static {
     /// `Policy` or `Role`, as Consul's messages name it.
     const WHAT: &'static str;
     fn body_id(b: &mut Self::Body) -> &mut String;
-    fn of_body(b: Self::Body) -> Self;
+    fn of_body(b: Self::Body) -> Result<Self, ApiError>;
     fn set(self, create: bool) -> AclOp;
     fn delete(id: String) -> AclOp;
     fn find(id: String, by_name: bool) -> Query;
@@ -460,15 +506,15 @@ impl Object for Policy {
     fn body_id(b: &mut PolicyBody) -> &mut String {
         &mut b.id
     }
-    fn of_body(b: PolicyBody) -> Self {
-        Policy {
+    fn of_body(b: PolicyBody) -> Result<Self, ApiError> {
+        Ok(Policy {
             id: b.id,
             name: b.name,
             description: b.description,
             rules: b.rules,
             datacenters: b.datacenters,
             ..Policy::default()
-        }
+        })
     }
     fn set(self, create: bool) -> AclOp {
         AclOp::PolicySet {
@@ -507,6 +553,7 @@ struct RoleBody {
     policies: Vec<Link>,
     service_identities: Vec<ServiceIdentity>,
     node_identities: Vec<NodeIdentity>,
+    templated_policies: Vec<TemplatedPolicy>,
     hash: String,
     create_index: u64,
     modify_index: u64,
@@ -518,16 +565,19 @@ impl Object for Role {
     fn body_id(b: &mut RoleBody) -> &mut String {
         &mut b.id
     }
-    fn of_body(b: RoleBody) -> Self {
-        Role {
+    fn of_body(b: RoleBody) -> Result<Self, ApiError> {
+        check_templated(&b.templated_policies, false)
+            .map_err(|e| ApiError::internal(format!("Invalid Role: {e}")))?;
+        Ok(Role {
             id: b.id,
             name: b.name,
             description: b.description,
             policies: b.policies,
             service_identities: b.service_identities,
             node_identities: b.node_identities,
+            templated_policies: dedup_templated(b.templated_policies),
             ..Role::default()
-        }
+        })
     }
     fn set(self, create: bool) -> AclOp {
         AclOp::RoleSet {
@@ -563,7 +613,7 @@ async fn set_object<O: Object>(
     create: bool,
 ) -> ApiResult {
     let params = Params::parse(uri.query());
-    let r = write(st, uri, headers, O::of_body(b).set(create)).await?;
+    let r = write(st, uri, headers, O::of_body(b)?.set(create)).await?;
     let what = O::WHAT;
     let o = O::written(r)
         .ok_or_else(|| ApiError::internal(format!("unexpected answer to a {what} write")))?;
@@ -709,4 +759,64 @@ async fn agent_token(
     })?;
     let _ = params;
     Ok(StatusCode::OK.into_response())
+}
+
+/// A built-in template as Consul's `/v1/acl/templated-polic...` endpoints show it.
+fn template_json(t: &templates::Template) -> Value {
+    serde_json::json!({
+        "TemplateName": t.name,
+        "Schema": t.schema,
+        "Template": t.template,
+        "Description": t.description,
+    })
+}
+
+fn template_named(name: &str) -> Result<&'static templates::Template, ApiError> {
+    templates::find(name)
+        .ok_or_else(|| ApiError::bad_request(format!("Invalid templated policy Name: {name}")))
+}
+
+/// `GET /v1/acl/templated-policies`: every built-in template by name.
+async fn templated_list(State(st): State<HttpState>, uri: Uri) -> ApiResult {
+    enabled(&st)?;
+    let all: serde_json::Map<String, Value> = templates::TEMPLATES
+        .iter()
+        .map(|t| (t.name.to_string(), template_json(t)))
+        .collect();
+    Ok(json(&st, &Params::parse(uri.query()), StatusCode::OK, &all))
+}
+
+async fn templated_read(
+    State(st): State<HttpState>,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> ApiResult {
+    enabled(&st)?;
+    let t = template_named(&name)?;
+    Ok(json(
+        &st,
+        &Params::parse(uri.query()),
+        StatusCode::OK,
+        &template_json(t),
+    ))
+}
+
+/// `POST /v1/acl/templated-policy/preview/:name` with the variables: the synthetic policy
+/// the template renders to.
+async fn templated_preview(
+    State(st): State<HttpState>,
+    Path(name): Path<String>,
+    req: Request,
+) -> ApiResult {
+    enabled(&st)?;
+    let params = Params::parse(req.uri().query());
+    let t = template_named(&name)?;
+    let vars: TemplateVariables = body(&st, req, "Templated policy variables").await?;
+    let tp = TemplatedPolicy {
+        template_name: t.name.to_string(),
+        template_variables: Some(vars),
+        datacenters: Vec::new(),
+    };
+    let policy = templates::synthetic_policy(&tp).map_err(ApiError::bad_request)?;
+    Ok(json(&st, &params, StatusCode::OK, &policy))
 }

@@ -1,4 +1,5 @@
-//! ACL checks for what an agent answers itself (`/v1/agent/...`, `/v1/event/...`), in one
+//! ACL checks for what an agent answers itself (`/v1/agent/...`, `/v1/event/...`, the
+//! built-in templated policies), in one
 //! place: [`requirement`] names what each such route needs, and the [`guard`] middleware
 //! refuses the request before its handler runs. What the servers answer is checked there
 //! (`server/acl.rs`), so every other route maps to [`Need::Servers`].
@@ -53,6 +54,10 @@ pub(crate) fn requirement(st: &HttpState, method: &Method, path: &str) -> Need {
         ),
         _ => Need::One(Resource::Node, node.clone(), Access::Write),
     };
+    // The built-in templates are the agent's own; reading them needs acl:read.
+    if path == "/v1/acl/templated-policies" || path.starts_with("/v1/acl/templated-policy/") {
+        return Need::One(Resource::Acl, String::new(), Access::Read);
+    }
     if !path.starts_with("/v1/agent/")
         && !path.starts_with("/v1/event/")
         && path != "/v1/operator/keyring"

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod rules;
+pub mod templates;
 pub use rules::{Access, Authorizer, Resource, Rules, RulesError};
 
 /// The built-in `global-management` policy.
@@ -49,6 +50,24 @@ pub struct NodeIdentity {
     pub datacenter: String,
 }
 
+/// A built-in policy template and the variables that fill it in, on a token or role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct TemplatedPolicy {
+    pub template_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_variables: Option<TemplateVariables>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datacenters: Vec<String>,
+}
+
+/// Consul writes the variable as `name` and reads it in any case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TemplateVariables {
+    #[serde(rename = "name", alias = "Name", default)]
+    pub name: String,
+}
+
 /// Consul's `ACLToken`, as stored and as `/v1/acl/token` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
@@ -66,6 +85,8 @@ pub struct Token {
     pub service_identities: Vec<ServiceIdentity>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub node_identities: Vec<NodeIdentity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub templated_policies: Vec<TemplatedPolicy>,
     pub local: bool,
     /// RFC 3339; after it the token no longer works and the leader deletes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,6 +127,8 @@ pub struct Role {
     pub service_identities: Vec<ServiceIdentity>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub node_identities: Vec<NodeIdentity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub templated_policies: Vec<TemplatedPolicy>,
     pub hash: String,
     pub create_index: u64,
     pub modify_index: u64,
