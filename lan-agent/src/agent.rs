@@ -808,6 +808,9 @@ fn server_config(config: &Config) -> ServerConfig {
             enable_key_list_policy: config.acl.enable_key_list_policy,
             initial_management: config.acl.tokens.initial_management.clone(),
             data_dir: config.data_dir.clone(),
+            primary_datacenter: config.primary_datacenter.clone(),
+            replication_token: config.acl.tokens.replication.clone(),
+            enable_token_replication: config.acl.enable_token_replication,
         },
         ..ServerConfig::new(&config.datacenter)
     }

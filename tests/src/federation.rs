@@ -354,15 +354,27 @@ impl Federation {
     /// Starts `count` datacenters `dc1..` of `shape` and waits until every server sees every
     /// server of every datacenter alive in the WAN pool.
     pub async fn start(count: usize, shape: Shape) -> anyhow::Result<Self> {
+        Self::start_with(count, shape, |_| Vec::new()).await
+    }
+
+    /// As [`Federation::start`], with `extra(dc)` added to the arguments of every agent
+    /// (servers and clients) of datacenter `dc`.
+    pub async fn start_with(
+        count: usize,
+        shape: Shape,
+        extra: impl Fn(&str) -> Vec<String>,
+    ) -> anyhow::Result<Self> {
         let certs = Certs::new();
         let mut dcs: Vec<Datacenter> = Vec::new();
         for k in 1..=count {
             let name = format!("dc{k}");
             let dc_arg = format!("-datacenter={name}");
             let ip = dc_ip(k, 0);
+            let more = extra(&name);
+            let mut args: Vec<&str> = vec![&dc_arg];
+            args.extend(more.iter().map(String::as_str));
             let servers =
-                Cluster::start_on(shape.servers, [127, ip.octets()[1], 0], 1, "s", &[&dc_arg])
-                    .await?;
+                Cluster::start_on(shape.servers, [127, ip.octets()[1], 0], 1, "s", &args).await?;
             let mut routers = Vec::new();
             for i in 0..shape.routers {
                 let server = &servers.servers[i % servers.servers.len()];
@@ -382,6 +394,7 @@ impl Federation {
                         .ip(dc_ip(k, 21 + i as u8))
                         .node(format!("c{}", i + 1))
                         .arg(dc_arg.clone())
+                        .args(more.iter().cloned())
                         .arg(format!("-retry-join={}", servers.servers[0].serf))
                         .arg("-retry-interval=1s")
                         .start()

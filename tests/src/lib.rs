@@ -127,6 +127,11 @@ impl AgentOpts {
         self
     }
 
+    pub fn args(mut self, args: impl IntoIterator<Item = String>) -> Self {
+        self.args.extend(args);
+        self
+    }
+
     /// Binds to this loopback address (127.0.0.2, ...) instead of 127.0.0.1.
     pub fn ip(mut self, ip: Ipv4Addr) -> Self {
         self.ip = ip;

@@ -225,6 +225,29 @@ impl AclState {
         }
     }
 
+    /// Whether this copy already holds exactly the primary's policies, roles and (when
+    /// given) global tokens with their expiry.
+    pub fn same_as(
+        &self,
+        policies: &[Policy],
+        roles: &[Role],
+        tokens: Option<&[(Token, Option<u64>)]>,
+    ) -> bool {
+        let same_policies = self.policies.len() == policies.len()
+            && policies.iter().all(|p| self.policies.get(&p.id) == Some(p));
+        let same_roles = self.roles.len() == roles.len()
+            && roles.iter().all(|r| self.roles.get(&r.id) == Some(r));
+        let same_tokens = tokens.is_none_or(|list| {
+            let global = self.tokens.values().filter(|t| !t.local).count();
+            global == list.len()
+                && list.iter().all(|(t, e)| {
+                    self.tokens.get(&t.accessor_id) == Some(t)
+                        && self.expires.get(&t.accessor_id) == e.as_ref()
+                })
+        });
+        same_policies && same_roles && same_tokens
+    }
+
     pub fn tokens(&self) -> impl Iterator<Item = &Token> {
         self.tokens.values()
     }
@@ -309,6 +332,61 @@ impl Store {
                         a.bootstrap_index = idx;
                     }
                     self.bump(Table::AclTokens, idx);
+                }
+                Ok(WriteResult::Bool(true))
+            }
+            AclOp::Replicate {
+                policies,
+                roles,
+                tokens,
+            } => {
+                let a = &mut self.acl;
+                let policies: BTreeMap<String, Policy> =
+                    policies.iter().map(|p| (p.id.clone(), p.clone())).collect();
+                let roles: BTreeMap<String, Role> =
+                    roles.iter().map(|r| (r.id.clone(), r.clone())).collect();
+                let policies_changed = a.policies != policies;
+                let roles_changed = a.roles != roles;
+                a.policies = policies;
+                a.roles = roles;
+                let mut tokens_changed = false;
+                if let Some(tokens) = tokens {
+                    let global: Vec<String> = a
+                        .tokens
+                        .values()
+                        .filter(|t| !t.local)
+                        .map(|t| t.accessor_id.clone())
+                        .collect();
+                    let wanted: BTreeMap<&str, &(Token, Option<u64>)> = tokens
+                        .iter()
+                        .filter(|(t, _)| !t.local)
+                        .map(|e| (e.0.accessor_id.as_str(), e))
+                        .collect();
+                    for id in &global {
+                        if !wanted.contains_key(id.as_str()) {
+                            tokens_changed |= a.remove_token(id);
+                        }
+                    }
+                    for (id, (t, expires)) in wanted {
+                        let same =
+                            a.tokens.get(id) == Some(t) && a.expires.get(id) == expires.as_ref();
+                        // A local token never gives way to a replicated one of its secret.
+                        let clash = a.secrets.get(&t.secret_id).is_some_and(|owner| owner != id);
+                        if !same && !clash {
+                            a.insert_token(t.clone(), *expires);
+                            tokens_changed = true;
+                        }
+                    }
+                }
+                // Only a change wakes the blocking queries of a table.
+                for (changed, table) in [
+                    (policies_changed, Table::AclPolicies),
+                    (roles_changed, Table::AclRoles),
+                    (tokens_changed, Table::AclTokens),
+                ] {
+                    if changed {
+                        self.bump(table, idx);
+                    }
                 }
                 Ok(WriteResult::Bool(true))
             }

@@ -355,9 +355,9 @@ impl Store {
                         .collect(),
                 ),
             ),
-            Query::AclTokenSelf | Query::AclResolve => {
+            Query::AclTokenSelf | Query::AclResolve | Query::AclReplication => {
                 return Err(RpcError::internal(
-                    "invariant: the token's own reads are answered by the server",
+                    "invariant: the token's own reads and replication are answered by the server",
                 ));
             }
             Query::AutopilotConfiguration => (
@@ -459,7 +459,7 @@ impl Store {
                 WatchKey::Table(Table::Nodes),
                 WatchKey::Table(Table::Services),
             ],
-            Query::AclTokenSelf | Query::AclResolve => Vec::new(),
+            Query::AclTokenSelf | Query::AclResolve | Query::AclReplication => Vec::new(),
             Query::AutopilotConfiguration => vec![WatchKey::Table(Table::Autopilot)],
             Query::AclTokens { .. } | Query::AclToken { .. } => {
                 vec![WatchKey::Table(Table::AclTokens)]

@@ -75,6 +75,9 @@ pub struct FileConfig {
     pub raft_snapshot_threshold: Option<u64>,
     pub autopilot: Option<AutopilotFile>,
     pub acl: Option<AclFile>,
+    pub primary_datacenter: Option<String>,
+    /// Consul's older name for `primary_datacenter`.
+    pub acl_datacenter: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -88,6 +91,7 @@ pub struct AclFile {
     pub token_ttl: Option<String>,
     pub enable_key_list_policy: Option<bool>,
     pub enable_token_persistence: Option<bool>,
+    pub enable_token_replication: Option<bool>,
     pub tokens: Option<AclTokensFile>,
 }
 
@@ -339,6 +343,9 @@ fn apply_acl(acl: &mut super::AclConfig, a: AclFile) -> Result<(), FileError> {
     if let Some(b) = a.enable_token_persistence {
         acl.enable_token_persistence = b;
     }
+    if let Some(b) = a.enable_token_replication {
+        acl.enable_token_replication = b;
+    }
     if let Some(t) = a.tokens {
         let tk = &mut acl.tokens;
         // The newer names win over Consul's older ones.
@@ -417,6 +424,9 @@ impl FileConfig {
         }
         if let Some(d) = self.data_dir {
             c.data_dir = Some(d);
+        }
+        if let Some(p) = self.primary_datacenter.or(self.acl_datacenter) {
+            c.primary_datacenter = p;
         }
         if self.bootstrap_expect.is_some() {
             c.bootstrap_expect = self.bootstrap_expect;

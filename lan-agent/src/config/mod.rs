@@ -133,6 +133,8 @@ pub struct AclConfig {
     pub token_ttl: Duration,
     pub enable_key_list_policy: bool,
     pub enable_token_persistence: bool,
+    /// In a secondary datacenter, copy the primary's global tokens too.
+    pub enable_token_replication: bool,
     pub tokens: AclTokens,
 }
 
@@ -145,6 +147,7 @@ impl Default for AclConfig {
             token_ttl: Duration::from_secs(30),
             enable_key_list_policy: false,
             enable_token_persistence: false,
+            enable_token_replication: false,
             tokens: AclTokens::default(),
         }
     }
@@ -189,6 +192,9 @@ pub struct Config {
     pub autopilot: cairn_shared::api::AutopilotConfig,
     /// The `acl` block.
     pub acl: AclConfig,
+    /// `primary_datacenter`: the datacenter that owns ACL policies, roles and global
+    /// tokens; empty means this one.
+    pub primary_datacenter: String,
     pub bind_addr: IpAddr,
     pub advertise_addr: Option<IpAddr>,
     /// `advertise_addr_wan` / `-advertise-wan`: the node's `wan` tagged address.
@@ -256,6 +262,7 @@ impl Default for Config {
             server_stabilization_time: Duration::from_secs(10),
             autopilot: Default::default(),
             acl: AclConfig::default(),
+            primary_datacenter: String::new(),
             bind_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             advertise_addr: None,
             advertise_addr_wan: None,

@@ -23,6 +23,7 @@ use super::{HttpState, Params, json, methods, query_json, read, unexpected};
 pub(super) fn router() -> Routes {
     Routes::new()
         .route("/v1/acl/bootstrap", methods(put(bootstrap), "PUT"))
+        .route("/v1/acl/replication", methods(get(replication), "GET"))
         .route("/v1/acl/token", methods(put(token_create), "PUT"))
         .route("/v1/acl/token/self", methods(get(token_self), "GET"))
         .route(
@@ -155,6 +156,16 @@ async fn bootstrap(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) ->
             "unexpected answer to a bootstrap: {other:?}"
         ))),
     }
+}
+
+/// `GET /v1/acl/replication`: how this datacenter's copy of the primary's ACLs stands.
+async fn replication(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    enabled(&st)?;
+    let (params, resp) = read(&st, &uri, &headers, Query::AclReplication).await?;
+    let QueryResult::AclReplication(status) = &resp.result else {
+        return Err(unexpected("a replication status read", &resp.result));
+    };
+    Ok(query_json(&st, &params, &resp.meta, status))
 }
 
 /// A token as `PUT /v1/acl/token` takes it.

@@ -30,6 +30,12 @@ pub struct AclSettings {
     pub initial_management: String,
     /// Where `acl-bootstrap-reset` is looked for.
     pub data_dir: Option<std::path::PathBuf>,
+    /// `primary_datacenter`: empty or this datacenter's name in the primary.
+    pub primary_datacenter: String,
+    /// `acl.tokens.replication`: what a secondary reads the primary's ACLs with.
+    pub replication_token: String,
+    /// `acl.enable_token_replication`: copy global tokens too, not only policies and roles.
+    pub enable_token_replication: bool,
 }
 
 /// Compiled authorizers by secret, valid while the ACL tables stay at `index`.
@@ -269,7 +275,17 @@ impl Server {
 
     /// Whether `token` may make the read at all (point reads); lists are filtered later.
     pub fn authorize_read(&self, token: &str, q: &Query) -> Result<(), RpcError> {
-        if !self.acl_enabled() {
+        // What Consul answers without looking at the token at all, so that a token not
+        // (yet) known here does not turn them into errors.
+        let open = matches!(
+            q,
+            Query::Leader
+                | Query::Peers
+                | Query::Datacenters
+                | Query::WanCoordinates
+                | Query::AclReplication
+        );
+        if !self.acl_enabled() || open {
             return Ok(());
         }
         let a = self.authorizer(token)?;
@@ -300,7 +316,8 @@ impl Server {
             | Query::AclRoles { .. }
             | Query::AclRole { .. } => need(acl()),
             // Any valid token may read itself and what it may do.
-            Query::AclTokenSelf | Query::AclResolve => Ok(()),
+            // As Consul: replication status needs no token.
+            Query::AclTokenSelf | Query::AclResolve | Query::AclReplication => Ok(()),
             Query::ConfigEntry { kind, name } => need(config_entry(&a, kind, name, Access::Read)),
             Query::PreparedQueryExplain { .. } | Query::PreparedQuery { .. } => Ok(()),
             Query::SessionInfo { .. }
@@ -364,7 +381,15 @@ impl Server {
         one: bool,
         resp: &mut ReadResponse,
     ) -> Result<(), RpcError> {
-        if !self.acl_enabled() {
+        let open = matches!(
+            resp.result,
+            QueryResult::Leader(_)
+                | QueryResult::Peers(_)
+                | QueryResult::Datacenters(_)
+                | QueryResult::DatacenterMaps(_)
+                | QueryResult::AclReplication(_)
+        );
+        if !self.acl_enabled() || open {
             return Ok(());
         }
         let a = self.authorizer(token)?;
@@ -472,7 +497,8 @@ impl Server {
             | QueryResult::AutopilotConfiguration(_)
             | QueryResult::AclPolicies(_)
             | QueryResult::AclRoles(_)
-            | QueryResult::AclIdentity(_) => {}
+            | QueryResult::AclIdentity(_)
+            | QueryResult::AclReplication(_) => {}
         }
         // Consul says so only to a caller with a token of its own.
         let anonymous = token.is_empty() || token == ANONYMOUS_SECRET;
@@ -513,7 +539,9 @@ impl Server {
             return true;
         }
         let now = self.inner.clock.now_ms();
-        let management = (!acl.initial_management.is_empty()).then(|| {
+        // A secondary gets its management token from the primary.
+        let primary = self.acl_primary().is_none();
+        let management = (primary && !acl.initial_management.is_empty()).then(|| {
             new_token(
                 uuid::Uuid::new_v4().to_string(),
                 acl.initial_management.clone(),

@@ -7,6 +7,7 @@
 //! [`crate::catalog::Store::apply`], so it is replicated deterministically.
 
 mod acl;
+mod acl_replication;
 pub mod consensus;
 mod coordinates;
 mod prepared;
@@ -154,6 +155,8 @@ struct Inner {
     transfers: snapshots::Transfers,
     /// Compiled ACL authorizers by token secret.
     authz: acl::AuthzCache,
+    /// How this secondary's copy of the primary's ACLs stands.
+    acl_replication: std::sync::Mutex<cairn_shared::rpc::AclReplicationStatus>,
 }
 
 impl Server {
@@ -181,6 +184,7 @@ impl Server {
                 wan: OnceLock::new(),
                 transfers: snapshots::Transfers::default(),
                 authz: acl::AuthzCache::default(),
+                acl_replication: std::sync::Mutex::default(),
             }),
         };
         let s = server.clone();
@@ -192,6 +196,9 @@ impl Server {
         let s = server.clone();
         let stop = shutdown.clone();
         tasks.spawn(async move { s.reap_expired_tokens(stop).await });
+        let s = server.clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move { s.replicate_acls(stop).await });
         let s = server.clone();
         let stop = shutdown.clone();
         let period = server.inner.config.coordinate_batch_period;
@@ -518,9 +525,22 @@ impl Server {
 
     async fn route_write(
         &self,
-        req: WriteRequest,
+        mut req: WriteRequest,
         may_forward: bool,
     ) -> Result<WriteResult, RpcError> {
+        // The leader's own ACL upkeep is proposed directly, never asked for.
+        if let WriteOp::Acl(AclOp::Init { .. } | AclOp::ReapExpired | AclOp::Replicate { .. }) =
+            &req.op
+        {
+            return Err(RpcError::bad_request("not a request a client may make"));
+        }
+        // A secondary datacenter's policies, roles and global tokens are the primary's.
+        if self.is_local(&req.datacenter)
+            && let Some(primary) = self.acl_primary()
+            && self.acl_write_is_global(&req.op)
+        {
+            req.datacenter = primary.to_string();
+        }
         if !self.is_local(&req.datacenter) {
             return match self.forward_dc(Forwarded::Write(req)).await? {
                 Reply::Write(w) => Ok(w),
@@ -544,6 +564,7 @@ impl Server {
     async fn read_local(&self, req: &ReadRequest) -> Result<ReadResponse, RpcError> {
         let req = req.clone();
         let operator = match &req.query {
+            Query::AclReplication => Some(QueryResult::AclReplication(self.replication_status())),
             Query::RaftConfiguration => Some(QueryResult::RaftConfiguration(
                 self.inner.consensus.raft_configuration(),
             )),

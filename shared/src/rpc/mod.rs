@@ -220,6 +220,8 @@ pub enum Query {
         kind: String,
         name: String,
     },
+    /// `/v1/acl/replication`, answered by the leader.
+    AclReplication,
     /// `/v1/acl/tokens`, narrowed to tokens linking a policy or role (by ID) when given.
     AclTokens {
         policy: String,
@@ -292,6 +294,7 @@ pub enum QueryResult {
     AclPolicies(Vec<crate::acl::Policy>),
     AclRoles(Vec<crate::acl::Role>),
     AclIdentity(crate::acl::Identity),
+    AclReplication(AclReplicationStatus),
 }
 
 /// A datacenter's counts, as `/v1/operator/usage` shows them.
@@ -454,6 +457,32 @@ pub enum AclOp {
     },
     /// The leader's reaper: deletes tokens expired at the command's time.
     ReapExpired,
+    /// A secondary datacenter's leader stores what the primary holds: its policies and
+    /// roles, and (with token replication) its global tokens, each with its expiry.
+    /// Local tokens stay as they are.
+    Replicate {
+        policies: Vec<crate::acl::Policy>,
+        roles: Vec<crate::acl::Role>,
+        tokens: Option<Vec<(crate::acl::Token, Option<u64>)>>,
+    },
+}
+
+/// `/v1/acl/replication`: how a secondary datacenter's copy of the primary's ACLs stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct AclReplicationStatus {
+    pub enabled: bool,
+    pub running: bool,
+    pub source_datacenter: String,
+    /// `policies`, or `tokens` when global tokens are copied too.
+    pub replication_type: String,
+    pub replicated_index: u64,
+    pub replicated_role_index: u64,
+    pub replicated_token_index: u64,
+    /// RFC 3339; Go's zero time when it never happened, as Consul shows it.
+    pub last_success: String,
+    pub last_error: String,
+    pub last_error_message: String,
 }
 
 /// What a prepared-query write does.
