@@ -72,6 +72,8 @@ pub enum AgentError {
     Register(String),
     #[error("{0}")]
     Local(#[from] LocalError),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("node ID file {path}: {source}")]
     NodeId {
         path: std::path::PathBuf,
@@ -84,6 +86,8 @@ pub enum AgentError {
 pub struct AgentHandle {
     /// Where the HTTP API listens, if enabled.
     pub http_addr: Option<SocketAddr>,
+    /// Where the HTTPS API listens, if enabled.
+    pub https_addr: Option<SocketAddr>,
     /// Where DNS listens (UDP and TCP), if enabled.
     pub dns_addr: Option<SocketAddr>,
     /// The server RPC address (servers only).
@@ -214,6 +218,21 @@ async fn start_parts(
             more_http.push(bind_tcp("HTTP", SocketAddr::new(*ip, port)).await?);
         }
     }
+    // HTTPS on the same addresses, with its certificate checked before anything starts.
+    let tls = match config.https_addr() {
+        Some(_) => Some(http::tls::server_config(&config.tls).map_err(AgentError::Tls)?),
+        None => None,
+    };
+    let mut https = Vec::new();
+    if let Some(addr) = config.https_addr() {
+        let first = bind_tcp("HTTPS", addr).await?;
+        let port = first.local_addr().map_or(addr.port(), |a| a.port());
+        https.push(first);
+        for ip in config.more_client_addrs() {
+            https.push(bind_tcp("HTTPS", SocketAddr::new(*ip, port)).await?);
+        }
+    }
+    let https_addr = https.first().and_then(|l| l.local_addr().ok());
     let server = match config.server {
         true => Some(start_server(&config, &node_id, &deps, &tasks, &shutdown).await?),
         false => None,
@@ -305,41 +324,56 @@ async fn start_parts(
     tasks.spawn(sync.run(shutdown.clone()));
     let reload = reload_fn(&config, local.clone());
 
-    let http_addr = match http_listener {
-        Some(listener) => {
-            let bound = listener.local_addr().ok();
-            let state = HttpState {
-                rpc: rpc.clone(),
-                local: local.clone(),
-                events: events.clone(),
-                gossip: gossip.clone(),
-                shutdown: shutdown.clone(),
-                reload: reload.clone(),
-                info: Arc::new(agent_info(&config, &node_id, &gossip)),
-                telemetry: deps.telemetry.clone(),
-                limits: config.limits.clone(),
-                stats: stats_fn(&config, server.clone(), gossip.clone()),
-                started: Instant::now(),
-                acl: acl.clone(),
-            };
-            let app = http::router(state);
-            for listener in std::iter::once(listener).chain(more_http) {
-                let stop = shutdown.clone();
-                let app = app.clone();
-                tasks.spawn(async move {
-                    // With the peer's address: `near=_ip` sorts from the asking host.
-                    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-                    let serve = axum::serve(listener, app)
-                        .with_graceful_shutdown(async move { stop.cancelled().await });
-                    if let Err(e) = serve.await {
-                        tracing::error!(error = %e, "HTTP server failed");
-                    }
-                });
-            }
-            bound
+    let http_addr = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+    if http_listener.is_some() || !https.is_empty() {
+        let state = HttpState {
+            rpc: rpc.clone(),
+            local: local.clone(),
+            events: events.clone(),
+            gossip: gossip.clone(),
+            shutdown: shutdown.clone(),
+            reload: reload.clone(),
+            info: Arc::new(agent_info(&config, &node_id, &gossip)),
+            telemetry: deps.telemetry.clone(),
+            limits: config.limits.clone(),
+            stats: stats_fn(&config, server.clone(), gossip.clone()),
+            started: Instant::now(),
+            acl: acl.clone(),
+        };
+        let app = http::router(state);
+        for listener in http_listener.into_iter().chain(more_http) {
+            let stop = shutdown.clone();
+            let app = app.clone();
+            tasks.spawn(async move {
+                // With the peer's address: `near=_ip` sorts from the asking host.
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                let serve = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            });
         }
-        None => None,
-    };
+        for listener in https {
+            let config = tls
+                .clone()
+                .ok_or_else(|| AgentError::Tls("no TLS settings".into()))?;
+            let listener = http::tls::TlsListener::new(listener, config, shutdown.clone())
+                .map_err(|e| AgentError::Tls(e.to_string()))?;
+            let stop = shutdown.clone();
+            let app = app.clone();
+            tasks.spawn(async move {
+                use axum::serve::ListenerExt;
+                // `tap_io` gives the listener axum's connect-info for its address type.
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                let serve = axum::serve(listener.tap_io(|_| {}), app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "HTTPS server failed");
+                }
+            });
+        }
+    }
     let dns_addr = match config.dns_addr() {
         Some(addr) => {
             let settings = DnsSettings {
@@ -373,6 +407,7 @@ async fn start_parts(
     }
     Ok(AgentHandle {
         http_addr,
+        https_addr,
         dns_addr,
         rpc_addr,
         node_name: config.node_name.clone(),

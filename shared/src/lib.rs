@@ -21,3 +21,4 @@ pub mod coordinate;
 pub mod duration;
 pub mod gossip;
 pub mod rpc;
+pub mod tls;

@@ -60,6 +60,9 @@ pub struct AgentArgs {
     /// HTTP API port (0 picks a free one; -1 disables)
     #[arg(long = "http-port", allow_hyphen_values = true)]
     pub http_port: Option<i32>,
+    /// HTTPS API port (-1, the default, disables; needs cert_file and key_file)
+    #[arg(long = "https-port", allow_hyphen_values = true)]
+    pub https_port: Option<i32>,
     /// DNS port (-1 disables)
     #[arg(long = "dns-port", allow_hyphen_values = true)]
     pub dns_port: Option<i32>,
@@ -211,6 +214,9 @@ impl AgentArgs {
         if let Some(p) = self.http_port {
             c.ports.http = port(p, "http-port")?;
         }
+        if let Some(p) = self.https_port {
+            c.ports.https = port(p, "https-port")?;
+        }
         if let Some(p) = self.dns_port {
             c.ports.dns = port(p, "dns-port")?;
         }
@@ -305,6 +311,9 @@ fn print_banner(c: &Config, h: &agent::AgentHandle) {
     let dns = h
         .dns_addr
         .map_or("-1".to_string(), |a| a.port().to_string());
+    let https = h
+        .https_addr
+        .map_or("-1".to_string(), |a| a.port().to_string());
     println!("==> Starting Cairn agent...");
     println!("           Version: '{}'", crate::version::VERSION);
     println!("           Node ID: '{}'", h.node_id);
@@ -315,7 +324,7 @@ fn print_banner(c: &Config, h: &agent::AgentHandle) {
         c.server, c.bootstrap
     );
     println!(
-        "       Client Addr: [{}] (HTTP: {http}, HTTPS: -1, gRPC: -1, DNS: {dns})",
+        "       Client Addr: [{}] (HTTP: {http}, HTTPS: {https}, gRPC: -1, DNS: {dns})",
         c.client_addrs
             .iter()
             .map(ToString::to_string)

@@ -1,6 +1,7 @@
 //! The CLI's HTTP client for an agent, with Consul's common flags and environment
 //! (`-http-addr`, `CAIRN_HTTP_ADDR` then `CONSUL_HTTP_ADDR`, `-token`, `-token-file`,
-//! `-datacenter`).
+//! `-datacenter`; for HTTPS, `https://` or `CONSUL_HTTP_SSL`, `-ca-file`, `-client-cert`,
+//! `-client-key` and their `CONSUL_*` variables).
 
 use std::time::Duration;
 
@@ -23,6 +24,15 @@ pub struct HttpFlags {
     /// Datacenter to query; defaults to the agent's
     #[arg(long)]
     pub datacenter: Option<String>,
+    /// CA certificate to check an HTTPS agent with (env CONSUL_CACERT)
+    #[arg(long = "ca-file", value_name = "PATH")]
+    pub ca_file: Option<String>,
+    /// Client certificate for an agent with verify_incoming (env CONSUL_CLIENT_CERT)
+    #[arg(long = "client-cert", value_name = "PATH")]
+    pub client_cert: Option<String>,
+    /// The client certificate's key (env CONSUL_CLIENT_KEY)
+    #[arg(long = "client-key", value_name = "PATH")]
+    pub client_key: Option<String>,
     /// Allow any server to answer, not only the leader
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
           default_value = "false", action = ArgAction::Set)]
@@ -84,6 +94,42 @@ fn env_first(names: &[&str]) -> Option<String> {
         .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
 }
 
+/// The client side of HTTPS: the CA to check the agent with and, for an agent with
+/// `verify_incoming`, this client's certificate.
+fn tls_config(flags: &HttpFlags) -> anyhow::Result<rustls::ClientConfig> {
+    let pick = |flag: &Option<String>, env: &[&str]| {
+        flag.clone()
+            .or_else(|| env_first(env))
+            .map(std::path::PathBuf::from)
+    };
+    let ca = pick(&flags.ca_file, &["CAIRN_CACERT", "CONSUL_CACERT"])
+        .ok_or_else(|| anyhow::anyhow!("HTTPS needs the agent's CA: -ca-file or CONSUL_CACERT"))?;
+    let cert = pick(
+        &flags.client_cert,
+        &["CAIRN_CLIENT_CERT", "CONSUL_CLIENT_CERT"],
+    );
+    let key = pick(
+        &flags.client_key,
+        &["CAIRN_CLIENT_KEY", "CONSUL_CLIENT_KEY"],
+    );
+    let roots = cairn_shared::tls::roots(&ca).map_err(anyhow::Error::msg)?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let chain = cairn_shared::tls::certificates("client certificate", &cert)
+                .map_err(anyhow::Error::msg)?;
+            let key = cairn_shared::tls::private_key(&key).map_err(anyhow::Error::msg)?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => bail!("-client-cert and -client-key go together"),
+    };
+    Ok(config)
+}
+
 impl Client {
     pub fn new(flags: &HttpFlags) -> anyhow::Result<Self> {
         let addr = flags
@@ -91,12 +137,15 @@ impl Client {
             .clone()
             .or_else(|| env_first(&["CAIRN_HTTP_ADDR", "CONSUL_HTTP_ADDR"]))
             .unwrap_or_else(|| "127.0.0.1:8500".to_string());
-        let base = if addr.starts_with("http://") {
+        let ssl = env_first(&["CAIRN_HTTP_SSL", "CONSUL_HTTP_SSL"])
+            .is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"));
+        let base = if addr.starts_with("http://") || addr.starts_with("https://") {
             addr.trim_end_matches('/').to_string()
-        } else if addr.starts_with("https://") || addr.starts_with("unix://") {
-            bail!("{addr}: only plain http addresses are supported by this build");
+        } else if addr.starts_with("unix://") {
+            bail!("{addr}: unix sockets are not supported by this build");
         } else {
-            format!("http://{}", addr.trim_end_matches('/'))
+            let scheme = if ssl { "https" } else { "http" };
+            format!("{scheme}://{}", addr.trim_end_matches('/'))
         };
         // As Consul: the flag, then the file flag, then the environment, token before file.
         let file = |path: String| -> anyhow::Result<String> {
@@ -115,10 +164,11 @@ impl Client {
             },
         };
         // Blocking queries wait up to 10 minutes plus jitter.
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(660))
-            .build()
-            .context("building the HTTP client")?;
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(660));
+        if base.starts_with("https://") {
+            builder = builder.use_preconfigured_tls(tls_config(flags)?);
+        }
+        let http = builder.build().context("building the HTTP client")?;
         Ok(Self {
             http,
             base,

@@ -78,6 +78,56 @@ pub struct FileConfig {
     pub primary_datacenter: Option<String>,
     /// Consul's older name for `primary_datacenter`.
     pub acl_datacenter: Option<String>,
+    pub tls: Option<TlsFile>,
+    // Consul's older top-level TLS keys.
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub verify_incoming: Option<bool>,
+    pub verify_incoming_https: Option<bool>,
+    pub verify_outgoing: Option<bool>,
+    pub verify_server_hostname: Option<bool>,
+}
+
+/// The `tls` block: `defaults`, then per-interface overrides.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsFile {
+    pub defaults: Option<TlsPartFile>,
+    pub https: Option<TlsPartFile>,
+    pub internal_rpc: Option<TlsPartFile>,
+    pub grpc: Option<TlsPartFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsPartFile {
+    pub ca_file: Option<PathBuf>,
+    pub ca_path: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub verify_incoming: Option<bool>,
+    pub verify_outgoing: Option<bool>,
+    pub verify_server_hostname: Option<bool>,
+    pub tls_min_version: Option<String>,
+    pub tls_cipher_suites: Option<String>,
+}
+
+impl TlsPartFile {
+    fn apply(self, t: &mut super::TlsConfig) {
+        t.ca_file = self.ca_file.or(t.ca_file.take());
+        t.cert_file = self.cert_file.or(t.cert_file.take());
+        t.key_file = self.key_file.or(t.key_file.take());
+        for (slot, v) in [
+            (&mut t.verify_incoming, self.verify_incoming),
+            (&mut t.verify_outgoing, self.verify_outgoing),
+            (&mut t.verify_server_hostname, self.verify_server_hostname),
+        ] {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,7 +297,7 @@ fn read_one(path: &Path) -> Result<Map<String, Value>, FileError> {
 
 /// Sections whose own keys are config keys (matched loosely), unlike user maps such as
 /// `node_meta` whose keys are kept exactly.
-const SECTIONS: &[&str] = &["ports", "limits", "dnsconfig", "soa"];
+const SECTIONS: &[&str] = &["ports", "limits", "dnsconfig", "soa", "tls"];
 
 fn fold(key: &str) -> String {
     key.chars()
@@ -428,6 +478,25 @@ impl FileConfig {
         if let Some(p) = self.primary_datacenter.or(self.acl_datacenter) {
             c.primary_datacenter = p;
         }
+        // The older top-level keys first; the `tls` block overrides them.
+        TlsPartFile {
+            ca_file: self.ca_file,
+            cert_file: self.cert_file,
+            key_file: self.key_file,
+            verify_incoming: self.verify_incoming_https.or(self.verify_incoming),
+            verify_outgoing: self.verify_outgoing,
+            verify_server_hostname: self.verify_server_hostname,
+            ..TlsPartFile::default()
+        }
+        .apply(&mut c.tls);
+        if let Some(t) = self.tls {
+            for part in [t.defaults, t.https].into_iter().flatten() {
+                part.apply(&mut c.tls);
+            }
+            if let Some(v) = t.internal_rpc.and_then(|r| r.verify_server_hostname) {
+                c.tls.verify_server_hostname = v;
+            }
+        }
         if self.bootstrap_expect.is_some() {
             c.bootstrap_expect = self.bootstrap_expect;
         }
@@ -486,6 +555,9 @@ impl FileConfig {
         if let Some(p) = self.ports {
             if let Some(v) = p.http {
                 c.ports.http = port("ports.http", v)?;
+            }
+            if let Some(v) = p.https {
+                c.ports.https = port("ports.https", v)?;
             }
             if let Some(v) = p.dns {
                 c.ports.dns = port("ports.dns", v)?;
@@ -670,6 +742,33 @@ mod tests {
                 .to_string()
                 .contains("unknown extension")
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tls_block_overrides_the_older_top_level_keys_and_primary_datacenter_is_read() {
+        let dir = std::env::temp_dir().join(format!("cairn-cfg-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = write(
+            &dir,
+            "t.json",
+            r#"{"ca_file":"/old/ca.pem","cert_file":"/old/c.pem","verify_incoming":true,
+                "ports":{"https":8501},"acl_datacenter":"dc9",
+                "tls":{"defaults":{"cert_file":"/new/c.pem","key_file":"/new/k.pem",
+                       "verify_incoming":false},
+                       "internal_rpc":{"verify_server_hostname":true}}}"#,
+        );
+        let mut c = Config::default();
+        load(&[p]).unwrap().apply(&mut c).unwrap();
+        assert_eq!(c.ports.https, Some(8501));
+        assert_eq!(c.tls.ca_file.as_deref(), Some(Path::new("/old/ca.pem")));
+        assert_eq!(c.tls.cert_file.as_deref(), Some(Path::new("/new/c.pem")));
+        assert_eq!(c.tls.key_file.as_deref(), Some(Path::new("/new/k.pem")));
+        assert!(!c.tls.verify_incoming && c.tls.verify_server_hostname);
+        assert_eq!(c.primary_datacenter, "dc9");
+        let bad = write(&dir, "b.json", r#"{"tls":{"defaults":{"cert":"x"}}}"#);
+        let err = load(&[bad]).unwrap_err().to_string();
+        assert!(err.contains("invalid config key"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

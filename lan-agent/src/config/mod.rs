@@ -74,6 +74,8 @@ impl DnsConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ports {
     pub http: Option<u16>,
+    /// `ports.https` / `-https-port`: off unless set, as in Consul.
+    pub https: Option<u16>,
     pub dns: Option<u16>,
     pub server: u16,
     pub serf_lan: u16,
@@ -84,6 +86,7 @@ impl Default for Ports {
     fn default() -> Self {
         Self {
             http: Some(8500),
+            https: None,
             dns: Some(8600),
             server: 8300,
             serf_lan: 8301,
@@ -153,6 +156,19 @@ impl Default for AclConfig {
     }
 }
 
+/// TLS for the HTTPS listener: Consul's `tls.defaults` overlaid by `tls.https`, or the
+/// older top-level `ca_file`, `cert_file`, `key_file`, `verify_incoming`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Clients of HTTPS must present a certificate from `ca_file`.
+    pub verify_incoming: bool,
+    pub verify_outgoing: bool,
+    pub verify_server_hostname: bool,
+}
+
 /// `acl.tokens`: secrets the agent itself uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AclTokens {
@@ -192,6 +208,8 @@ pub struct Config {
     pub autopilot: cairn_shared::api::AutopilotConfig,
     /// The `acl` block.
     pub acl: AclConfig,
+    /// The `tls` block and Consul's older top-level TLS keys.
+    pub tls: TlsConfig,
     /// `primary_datacenter`: the datacenter that owns ACL policies, roles and global
     /// tokens; empty means this one.
     pub primary_datacenter: String,
@@ -263,6 +281,7 @@ impl Default for Config {
             autopilot: Default::default(),
             acl: AclConfig::default(),
             primary_datacenter: String::new(),
+            tls: TlsConfig::default(),
             bind_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             advertise_addr: None,
             advertise_addr_wan: None,
@@ -427,6 +446,12 @@ impl Config {
     /// the first one got.
     pub fn more_client_addrs(&self) -> &[IpAddr] {
         self.client_addrs.get(1..).unwrap_or_default()
+    }
+
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.ports
+            .https
+            .map(|p| SocketAddr::new(self.client_addr(), p))
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {

@@ -30,6 +30,7 @@ mod query;
 mod routes;
 mod session;
 mod status;
+pub mod tls;
 mod txn;
 
 use std::collections::BTreeMap;

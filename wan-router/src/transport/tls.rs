@@ -9,13 +9,11 @@
 //! client certificate (`client.dc1.consul`), one for another domain, or one from another
 //! CA fails the handshake.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -28,12 +26,9 @@ pub const ALPN: &[u8] = b"cairn-wan/1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{what} {path}: {reason}")]
-    File {
-        what: &'static str,
-        path: String,
-        reason: String,
-    },
+    /// A file that cannot be read as what it should be (names both).
+    #[error("{0}")]
+    File(String),
     #[error(
         "{path} is not a server certificate of datacenter {dc:?} (it must name server.{dc}.{domain}; make one with `cairn tls cert create -server -dc {dc}`)"
     )]
@@ -59,14 +54,6 @@ pub struct TlsFiles {
 pub struct Crypto {
     pub server: rustls::ServerConfig,
     pub client: rustls::ClientConfig,
-}
-
-fn file_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(String) -> TlsError + 'a {
-    move |reason| TlsError::File {
-        what,
-        path: path.display().to_string(),
-        reason,
-    }
 }
 
 /// The datacenter a certificate is a server certificate of, for `domain`, and the name it
@@ -97,21 +84,10 @@ fn server_name_of(
 /// Loads the files and builds both sides' configuration, checking first that this
 /// router's own certificate is a server certificate of `dc`.
 pub fn load(files: &TlsFiles, dc: &str, domain: &str) -> Result<Crypto, TlsError> {
-    let ca: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.ca_file)
-        .map_err(|e| file_err("CA file", &files.ca_file)(e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_err("CA file", &files.ca_file)(e.to_string()))?;
-    if ca.is_empty() {
-        return Err(file_err("CA file", &files.ca_file)(
-            "no certificate in it".into(),
-        ));
-    }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert_file)
-        .map_err(|e| file_err("certificate file", &files.cert_file)(e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_err("certificate file", &files.cert_file)(e.to_string()))?;
-    let key = PrivateKeyDer::from_pem_file(&files.key_file)
-        .map_err(|e| file_err("key file", &files.key_file)(e.to_string()))?;
+    let ca = cairn_shared::tls::certificates("CA file", &files.ca_file).map_err(TlsError::File)?;
+    let chain = cairn_shared::tls::certificates("certificate file", &files.cert_file)
+        .map_err(TlsError::File)?;
+    let key = cairn_shared::tls::private_key(&files.key_file).map_err(TlsError::File)?;
     let own_dc = chain
         .first()
         .and_then(|c| server_identity(c, domain))
