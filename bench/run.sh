@@ -5,6 +5,8 @@
 #   bash bench/run.sh dns    # DNS queries/s for web.service.consul (A and SRV), and dnsperf if installed
 #   bash bench/run.sh http   # /v1/health/service/web?passing reads/s
 #   bash bench/run.sh kv     # KV puts and gets at 1, 16, 64 clients; etcd side by side if installed
+#   bash bench/run.sh acl    # KV reads with ACLs on (default deny, a key_prefix token) vs off,
+#                            # at 1 and 64 clients, with the on/off ratio
 #   bash bench/run.sh raft   # the same against 3 Raft servers and a 3-member etcd, with Cairn/etcd ratios,
 #                            # then ?consistent against default reads on the leader
 #   bash bench/run.sh wan    # a KV read in dc2 directly vs the same read from dc1 (?dc=dc2) through
@@ -244,6 +246,47 @@ PY
   done
 }
 
+# The cost of ACLs on a KV read: the same key read at 1 and 64 clients from a dev agent
+# without ACLs and from one with default deny, whose default token (used for requests
+# without one, so the path is the same as a client's own token) holds a key_prefix policy.
+bench_acl() {
+  echo "== KV reads with ACLs (default deny, a key_prefix token) vs without (${secs}s per run)"
+  local mgmt=11111111-2222-3333-4444-555555555555
+  acl_port=$(free_port)
+  printf '{"acl":{"enabled":true,"default_policy":"deny","tokens":{"initial_management":"%s"}}}' \
+    "$mgmt" >"$work/acl.json"
+  "$cairn" agent -dev -log-level=warn -http-port="$acl_port" -dns-port=-1 -node=bench-acl \
+    -server-port="$(free_port)" -serf-lan-port="$(free_port)" \
+    -config-file="$work/acl.json" >"$work/cairn-acl.log" 2>&1 &
+  pids+=($!)
+  wait_http "http://127.0.0.1:$acl_port/v1/status/leader" "$work/cairn-acl.log"
+  local h=(-sf -H "X-Consul-Token: $mgmt")
+  sleep 1
+  curl "${h[@]}" -X PUT "127.0.0.1:$acl_port/v1/acl/policy" \
+    -d '{"Name":"bench","Rules":"key_prefix \"bench/\" { policy = \"write\" }"}' >/dev/null
+  local token
+  token=$(curl "${h[@]}" -X PUT "127.0.0.1:$acl_port/v1/acl/token" -d '{"Policies":[{"Name":"bench"}]}' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["SecretID"])')
+  curl "${h[@]}" -X PUT "127.0.0.1:$acl_port/v1/agent/token/default" -d "{\"Token\":\"$token\"}" >/dev/null
+  for port in "$http_port" "$acl_port"; do
+    curl -sf -X PUT "127.0.0.1:$port/v1/kv/bench/x" -d value >/dev/null
+  done
+  for c in 1 64; do
+    "$bench" --concurrency "$c" --seconds "$secs" http "127.0.0.1:$http_port" /v1/kv/bench/x | tee "$work/off.out"
+    "$bench" --concurrency "$c" --seconds "$secs" http "127.0.0.1:$acl_port" /v1/kv/bench/x | tee "$work/on.out"
+    python3 - "$work/off.out" "$work/on.out" "$c" <<'PY'
+import re, sys
+ok, ops = [], []
+for f in sys.argv[1:3]:
+    t = open(f).read()
+    ok.append(int(re.search(r"(\d+) errors", t)[1]) == 0)
+    ops.append(float(re.search(r"([\d.]+) ops/s", t)[1]))
+assert all(ok), "errors in a run"
+print(f"acl on/off c={sys.argv[3]}: x{ops[1] / ops[0]:.2f}")
+PY
+  done
+}
+
 if [ "$what" = raft ]; then
   bench_raft
   exit 0
@@ -257,6 +300,7 @@ case "$what" in
   dns) register_web; bench_dns ;;
   http) register_web; bench_http ;;
   kv) bench_kv ;;
-  all) register_web; bench_dns; bench_http; bench_kv ;;
-  *) echo "usage: $0 [dns|http|kv|raft|wan|all]"; exit 2 ;;
+  acl) bench_acl ;;
+  all) register_web; bench_dns; bench_http; bench_kv; bench_acl ;;
+  *) echo "usage: $0 [dns|http|kv|acl|raft|wan|all]"; exit 2 ;;
 esac

@@ -10,7 +10,8 @@ operator endpoints (Raft configuration, usage, autopilot configuration with
 check-and-set, autopilot health, leadership transfer) and config entries (write with
 check-and-set, read, list with a filter, delete). A second agent with ACLs on (default
 deny) is driven through py-consul's ACL API: policies, roles, tokens with clone and
-delete, the agent token endpoint, and refusals as `ACLPermissionDenied`. Exits non-zero
+delete, templated policies, the agent token endpoint, and refusals as
+`ACLPermissionDenied`. Exits non-zero
 on the first failed expectation.
 """
 
@@ -297,6 +298,14 @@ def check_acl(binary):
             raise AssertionError("a deleted token must be gone")
         except consul.ACLPermissionDenied as e:
             assert "ACL not found" in str(e), e
+        tps = c.acl.templated_policy.list()
+        assert sorted(tps) == ["builtin/dns", "builtin/node", "builtin/service"], tps
+        assert "{{.Name}}" in c.acl.templated_policy.read("builtin/service")["Template"]
+        preview = c.acl.templated_policy.preview("builtin/service", {"Name": "api"})
+        assert 'service "api"' in preview["Rules"], preview
+        templated = c.acl.token.create(
+            templated_policies=[{"builtin/service": {"Name": "pyweb"}}])
+        assert templated["TemplatedPolicies"][0]["TemplateName"] == "builtin/service", templated
         assert c.agent.token.set("default", token["SecretID"]) is True
         _, entry = anon.kv.get("py/x")
         assert entry["Value"] == b"1", entry

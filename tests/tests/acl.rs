@@ -919,8 +919,10 @@ async fn the_acl_cli_manages_tokens_policies_and_roles() {
         json!({"acl": {"enabled": true, "default_policy": "deny"}}).to_string(),
     )
     .unwrap();
+    // At the most verbose level, so the log check at the end means something.
     let agent = AgentOpts::default()
         .arg(format!("-config-file={}", cfg.display()))
+        .arg("-log-level=trace")
         .start()
         .await
         .unwrap();
@@ -1113,6 +1115,13 @@ async fn the_acl_cli_manages_tokens_policies_and_roles() {
     let (code, _, err) = run(&["acl", "token", "read", "-id", "zzzz"], &env);
     assert_eq!(code, 1);
     assert!(err.contains("No such token ID with prefix: zzzz"), "{err}");
+    let log = agent.log_text();
+    for s in [&root, &secret] {
+        assert!(
+            !log.contains(s.as_str()),
+            "a token secret in the log:\n{log}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -274,7 +274,13 @@ impl Server {
     }
 
     /// Whether `token` may make the read at all (point reads); lists are filtered later.
-    pub fn authorize_read(&self, token: &str, q: &Query) -> Result<(), RpcError> {
+    /// Whether `token` may make the read `q`; returns the authorizer it used, so the
+    /// filter of the answer need not resolve the token again.
+    pub fn authorize_read(
+        &self,
+        token: &str,
+        q: &Query,
+    ) -> Result<Option<Arc<Authorizer>>, RpcError> {
         // What Consul answers without looking at the token at all, so that a token not
         // (yet) known here does not turn them into errors.
         let open = matches!(
@@ -286,15 +292,15 @@ impl Server {
                 | Query::AclReplication
         );
         if !self.acl_enabled() || open {
-            return Ok(());
+            return Ok(None);
         }
         let a = self.authorizer(token)?;
         if a.is_management() {
-            return Ok(());
+            return Ok(Some(a));
         }
         let operator = || a.allowed(Resource::Operator, "", Access::Read);
         let acl = || a.allowed(Resource::Acl, "", Access::Read);
-        match q {
+        let allowed: Result<(), RpcError> = match q {
             Query::KvGet { key } => need(a.allowed(Resource::Key, key, Access::Read)),
             Query::KvList { prefix } | Query::KvKeys { prefix, .. } => need(
                 !self.inner.config.acl.enable_key_list_policy
@@ -343,7 +349,8 @@ impl Server {
             | Query::Leader
             | Query::Peers
             | Query::ConfigEntries { .. } => Ok(()),
-        }
+        };
+        allowed.map(|()| Some(a))
     }
 
     /// Keeps the instances a prepared query may answer: those its own token may read, or,
@@ -378,6 +385,7 @@ impl Server {
     pub fn filter_read(
         &self,
         token: &str,
+        resolved: Option<Arc<Authorizer>>,
         one: bool,
         resp: &mut ReadResponse,
     ) -> Result<(), RpcError> {
@@ -392,7 +400,10 @@ impl Server {
         if !self.acl_enabled() || open {
             return Ok(());
         }
-        let a = self.authorizer(token)?;
+        let a = match resolved {
+            Some(a) => a,
+            None => self.authorizer(token)?,
+        };
         if a.is_management() {
             return Ok(());
         }
@@ -540,8 +551,8 @@ impl Server {
         }
         let now = self.inner.clock.now_ms();
         // A secondary gets its management token from the primary.
-        let primary = self.acl_primary().is_none();
-        let management = (primary && !acl.initial_management.is_empty()).then(|| {
+        let is_primary = self.acl_primary().is_none();
+        let management = (is_primary && !acl.initial_management.is_empty()).then(|| {
             new_token(
                 uuid::Uuid::new_v4().to_string(),
                 acl.initial_management.clone(),

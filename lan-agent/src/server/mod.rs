@@ -477,11 +477,11 @@ impl Server {
                 )),
             };
         }
-        self.authorize_read(&req.options.token, &req.query)?;
+        let authz = self.authorize_read(&req.options.token, &req.query)?;
         let token = req.options.token.clone();
         let one = matches!(req.query, Query::PreparedQuery { .. });
         let mut resp = self.route_read_here(req, may_forward).await?;
-        self.filter_read(&token, one, &mut resp)?;
+        self.filter_read(&token, authz, one, &mut resp)?;
         Ok(resp)
     }
 
