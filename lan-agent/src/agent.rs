@@ -218,14 +218,8 @@ async fn start_parts(
             more_http.push(bind_tcp("HTTP", SocketAddr::new(*ip, port)).await?);
         }
     }
-    // Consul applies these to the RPC port too; Cairn's RPC port has no TLS yet, so say so
-    // rather than let a setting look enforced where it is not.
-    let t = &config.tls;
-    if config.server && (t.verify_incoming || t.verify_outgoing || t.verify_server_hostname) {
-        tracing::warn!(
-            "TLS on the server RPC port is not implemented yet: verify_incoming applies to HTTPS only, verify_outgoing and verify_server_hostname to nothing"
-        );
-    }
+    // TLS on the RPC port, from files read once, before anything listens or dials.
+    let rpc_tls = RpcTls::from_config(&config)?;
     // HTTPS on the same addresses, with its certificate checked before anything starts.
     let tls = match config.https_addr() {
         Some(_) => Some(http::tls::server_config(&config.tls).map_err(AgentError::Tls)?),
@@ -242,7 +236,7 @@ async fn start_parts(
     }
     let https_addr = https.first().and_then(|l| l.local_addr().ok());
     let server = match config.server {
-        true => Some(start_server(&config, &node_id, &deps, &tasks, &shutdown).await?),
+        true => Some(start_server(&config, &node_id, &deps, &rpc_tls, &tasks, &shutdown).await?),
         false => None,
     };
     let rpc_addr = server.as_ref().map(|(_, addr, _)| *addr);
@@ -269,7 +263,7 @@ async fn start_parts(
             gossip.clone(),
             &config.datacenter,
             &config.node_name,
-            RpcClient::from_ip(config.bind_addr),
+            RpcClient::from_ip(config.bind_addr).with_tls(rpc_tls.client.clone()),
             events.clone(),
             local.clone(),
         ));
@@ -303,7 +297,7 @@ async fn start_parts(
                 gossip: gossip.clone(),
                 datacenter: config.datacenter.clone(),
             }),
-            Arc::new(RpcClient::default()),
+            Arc::new(RpcClient::default().with_tls(rpc_tls.client.clone())),
         )),
     };
     let rejoin: Vec<String> = known.into_values().collect();
@@ -443,6 +437,7 @@ async fn start_server(
     config: &Config,
     node_id: &str,
     deps: &Deps,
+    rpc_tls: &RpcTls,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<(Server, SocketAddr, Option<Arc<RaftConsensus>>), AgentError> {
@@ -469,6 +464,7 @@ async fn start_server(
                 raft_multiplier: config.raft_multiplier,
                 snapshot_threshold: config.raft_snapshot_threshold,
                 stabilization: config.server_stabilization_time,
+                rpc_tls: rpc_tls.client.clone(),
             };
             let raft = crate::raft::start(settings, state.clone(), tasks, shutdown.clone())
                 .await
@@ -482,7 +478,10 @@ async fn start_server(
         ),
     };
     let server = Server::start(
-        server_config(config),
+        ServerConfig {
+            rpc_tls: rpc_tls.client.clone(),
+            ..server_config(config)
+        },
         state,
         consensus,
         deps.clock.clone(),
@@ -492,6 +491,7 @@ async fn start_server(
     tasks.spawn(rpc::serve(
         listener,
         Arc::new(Endpoint(Arc::new(server.clone()))),
+        rpc_tls.server.clone(),
         tasks.clone(),
         shutdown.clone(),
     ));
@@ -837,6 +837,35 @@ fn reload_fn(config: &Config, local: Arc<LocalAgent>) -> ReloadFn {
         );
         Ok(())
     }))
+}
+
+/// TLS on the RPC port: what a server serves with, and what every outgoing call dials with.
+struct RpcTls {
+    server: Option<cairn_shared::rpc::tls::ServerTls>,
+    client: Option<cairn_shared::rpc::tls::ClientTls>,
+}
+
+impl RpcTls {
+    fn from_config(config: &Config) -> Result<Self, AgentError> {
+        use cairn_shared::rpc::tls::{ClientTls, ServerTls};
+        let t = &config.rpc_tls;
+        let server = match config.server {
+            true => ServerTls::from_settings(t).map_err(AgentError::Tls)?,
+            false => None,
+        };
+        let client = ClientTls::from_settings(t, &config.datacenter, &config.domain)
+            .map_err(AgentError::Tls)?;
+        if server.is_some() || client.is_some() {
+            tracing::info!(
+                accepts_tls = server.is_some(),
+                requires_tls = t.verify_incoming && config.server,
+                dials_tls = client.is_some(),
+                verify_server_hostname = t.verify_server_hostname,
+                "TLS on the server RPC port"
+            );
+        }
+        Ok(Self { server, client })
+    }
 }
 
 fn server_config(config: &Config) -> ServerConfig {

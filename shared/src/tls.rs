@@ -1,11 +1,27 @@
-//! PEM files for TLS, read the same way by the agent's HTTPS listener, the CLI and the WAN
-//! router: a certificate list (a CA file or a chain, never empty) and a private key, with
-//! errors that name the file and what it was meant to be.
+//! PEM files for TLS, read the same way by the agent's HTTPS listener, its RPC port, the
+//! CLI and the WAN router: a certificate list (a CA file or a chain, never empty) and a
+//! private key, with errors that name the file and what it was meant to be; and the
+//! settings one TLS interface is configured with.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// One interface's TLS settings (HTTPS or the RPC port), merged from Consul's layers:
+/// the older top-level keys, `tls.defaults`, then `tls.https` or `tls.internal_rpc`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Clients must present a certificate from `ca_file`.
+    pub verify_incoming: bool,
+    /// Outgoing connections use TLS and check the server's certificate against `ca_file`.
+    pub verify_outgoing: bool,
+    /// Outgoing RPC also checks the certificate names `server.<dc>.<domain>`.
+    pub verify_server_hostname: bool,
+}
 
 /// `what path: reason`, e.g. `CA file /etc/ca.pem: no certificate in it`.
 pub fn file_error(what: &str, path: &Path, reason: impl std::fmt::Display) -> String {

@@ -339,6 +339,13 @@ pub struct Shape {
     pub clients: usize,
 }
 
+/// Which agents of a datacenter extra arguments are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Server,
+    Client,
+}
+
 /// Several datacenters joined through their routers.
 pub struct Federation {
     pub dcs: Vec<Datacenter>,
@@ -364,13 +371,59 @@ impl Federation {
         shape: Shape,
         extra: impl Fn(&str) -> Vec<String>,
     ) -> anyhow::Result<Self> {
+        Self::start_roles(count, shape, Certs::new(), |dc, _| extra(dc), false).await
+    }
+
+    /// As [`Federation::start`], with TLS required on every RPC port: servers present a
+    /// server certificate and check names (`verify_incoming`, `verify_outgoing`,
+    /// `verify_server_hostname`), client agents a client certificate, routers `-lan-tls`.
+    pub async fn start_tls(count: usize, shape: Shape) -> anyhow::Result<Self> {
         let certs = Certs::new();
+        let mut files = std::collections::HashMap::new();
+        for k in 1..=count {
+            let dc = format!("dc{k}");
+            for role in [Role::Server, Role::Client] {
+                let kind = if role == Role::Server {
+                    "server"
+                } else {
+                    "client"
+                };
+                let (cert, key) = certs.create(kind, &dc);
+                let body = serde_json::json!({"tls": {
+                    "defaults": {"ca_file": certs.ca(), "cert_file": cert, "key_file": key,
+                                 "verify_incoming": true, "verify_outgoing": true},
+                    "internal_rpc": {"verify_server_hostname": true}}});
+                let path = certs.dir.join(format!("rpc-tls-{dc}-{kind}.json"));
+                std::fs::write(&path, body.to_string())?;
+                files.insert(
+                    (dc.clone(), role),
+                    format!("-config-file={}", path.display()),
+                );
+            }
+        }
+        Self::start_roles(
+            count,
+            shape,
+            certs,
+            |dc, role| vec![files[&(dc.to_string(), role)].clone()],
+            true,
+        )
+        .await
+    }
+
+    async fn start_roles(
+        count: usize,
+        shape: Shape,
+        certs: Certs,
+        extra: impl Fn(&str, Role) -> Vec<String>,
+        lan_tls: bool,
+    ) -> anyhow::Result<Self> {
         let mut dcs: Vec<Datacenter> = Vec::new();
         for k in 1..=count {
             let name = format!("dc{k}");
             let dc_arg = format!("-datacenter={name}");
             let ip = dc_ip(k, 0);
-            let more = extra(&name);
+            let more = extra(&name, Role::Server);
             let mut args: Vec<&str> = vec![&dc_arg];
             args.extend(more.iter().map(String::as_str));
             let servers =
@@ -383,8 +436,14 @@ impl Federation {
                 if i == 0 && k > 1 {
                     opts.join_wan = vec![dcs[0].routers[0].wan];
                 }
+                if lan_tls {
+                    let mut config: serde_json::Value = serde_json::from_str(FAST_WAN)?;
+                    config["lan_tls"] = true.into();
+                    opts.config = Some(config.to_string());
+                }
                 routers.push(opts.start().await?);
             }
+            let client_args = extra(&name, Role::Client);
             let mut clients = Vec::new();
             for i in 0..shape.clients {
                 clients.push(
@@ -394,7 +453,7 @@ impl Federation {
                         .ip(dc_ip(k, 21 + i as u8))
                         .node(format!("c{}", i + 1))
                         .arg(dc_arg.clone())
-                        .args(more.iter().cloned())
+                        .args(client_args.iter().cloned())
                         .arg(format!("-retry-join={}", servers.servers[0].serf))
                         .arg("-retry-interval=1s")
                         .start()

@@ -5,7 +5,7 @@
 //! cairn-wan-router -dc dc1 -node server1 -bind 127.0.0.11 [-port 8302]
 //!     -join-lan 127.0.0.2[:8301] [-retry-join-wan ADDR ...]
 //!     -ca-file consul-agent-ca.pem -cert-file dc1-server-consul-0.pem
-//!     -key-file dc1-server-consul-0-key.pem [-http-port 8501]
+//!     -key-file dc1-server-consul-0-key.pem [-http-port 8501] [-lan-tls]
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -44,6 +44,9 @@ pub struct Config {
     pub retry_join_wan: Vec<String>,
     pub retry_interval_wan: Duration,
     pub tls: TlsFiles,
+    /// `-lan-tls`: the local RPC port and calls to the datacenter's servers use TLS with
+    /// the same files (for servers under `verify_incoming`/`verify_outgoing`).
+    pub lan_tls: bool,
     /// The LAN pool's gossip key, if it is encrypted.
     pub encrypt: Option<String>,
     pub gossip_lan: GossipTuning,
@@ -115,6 +118,10 @@ pub struct Flags {
     pub cert_file: Option<PathBuf>,
     #[arg(long = "key-file")]
     pub key_file: Option<PathBuf>,
+    /// Speak TLS to the datacenter's servers and require it on the local RPC port
+    #[arg(long = "lan-tls", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", action = ArgAction::Set)]
+    pub lan_tls: Option<bool>,
     /// The LAN pool's gossip encryption key
     #[arg(long)]
     pub encrypt: Option<String>,
@@ -153,6 +160,7 @@ struct FileConfig {
     ca_file: Option<PathBuf>,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
+    lan_tls: Option<bool>,
     encrypt: Option<String>,
     gossip_lan: Option<GossipTuningFile>,
     gossip_wan: Option<GossipTuningFile>,
@@ -180,6 +188,7 @@ impl Default for Config {
                 cert_file: PathBuf::new(),
                 key_file: PathBuf::new(),
             },
+            lan_tls: false,
             encrypt: None,
             gossip_lan: GossipTuning::default(),
             gossip_wan: GossipTuning::default(),
@@ -252,6 +261,7 @@ impl Config {
         if let Some(p) = flags.key_file {
             c.tls.key_file = p;
         }
+        c.lan_tls = flags.lan_tls.unwrap_or(c.lan_tls);
         if flags.encrypt.is_some() {
             c.encrypt = flags.encrypt;
         }
@@ -311,6 +321,7 @@ impl Config {
         if let Some(p) = f.key_file {
             c.tls.key_file = p;
         }
+        c.lan_tls = f.lan_tls.unwrap_or(c.lan_tls);
         if f.encrypt.is_some() {
             c.encrypt = f.encrypt;
         }

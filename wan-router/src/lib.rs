@@ -144,6 +144,24 @@ async fn start(
     config.validate()?;
     let tasks = TaskTracker::new();
     let crypto = transport::tls::load(&config.tls, &config.datacenter, &config.domain)?;
+    // The LAN side: TLS accepted on the local RPC port (required, and spoken to the
+    // servers with their names checked, under -lan-tls), with the WAN's files.
+    let lan_tls = cairn_shared::tls::TlsSettings {
+        ca_file: Some(config.tls.ca_file.clone()),
+        cert_file: Some(config.tls.cert_file.clone()),
+        key_file: Some(config.tls.key_file.clone()),
+        verify_incoming: config.lan_tls,
+        verify_outgoing: config.lan_tls,
+        verify_server_hostname: config.lan_tls,
+    };
+    let lan_server_tls = cairn_shared::rpc::tls::ServerTls::from_settings(&lan_tls)
+        .map_err(transport::tls::TlsError::Config)?;
+    let lan_client_tls = cairn_shared::rpc::tls::ClientTls::from_settings(
+        &lan_tls,
+        &config.datacenter,
+        &config.domain,
+    )
+    .map_err(transport::tls::TlsError::Config)?;
     let (quic, forwards) = Quic::bind(
         SocketAddr::new(config.bind, config.wan_port),
         config.advertise_wan,
@@ -240,7 +258,7 @@ async fn start(
     let forwarder = Arc::new(forward::Forwarder::new(
         federation.clone(),
         quic.clone(),
-        RpcClient::from_ip(config.bind),
+        RpcClient::from_ip(config.bind).with_tls(lan_client_tls),
     ));
     tasks.spawn(
         forwarder
@@ -250,6 +268,7 @@ async fn start(
     tasks.spawn(cairn_shared::rpc::server::serve(
         rpc_listener,
         Arc::new(api::LocalApi(forwarder.clone())),
+        lan_server_tls,
         tasks.clone(),
         shutdown.clone(),
     ));

@@ -85,6 +85,7 @@ pub struct FileConfig {
     pub key_file: Option<PathBuf>,
     pub verify_incoming: Option<bool>,
     pub verify_incoming_https: Option<bool>,
+    pub verify_incoming_rpc: Option<bool>,
     pub verify_outgoing: Option<bool>,
     pub verify_server_hostname: Option<bool>,
 }
@@ -99,7 +100,7 @@ pub struct TlsFile {
     pub grpc: Option<TlsPartFile>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsPartFile {
     pub ca_file: Option<PathBuf>,
@@ -479,22 +480,30 @@ impl FileConfig {
             c.primary_datacenter = p;
         }
         // The older top-level keys first; the `tls` block overrides them.
-        TlsPartFile {
+        let top = TlsPartFile {
             ca_file: self.ca_file,
             cert_file: self.cert_file,
             key_file: self.key_file,
-            verify_incoming: self.verify_incoming_https.or(self.verify_incoming),
             verify_outgoing: self.verify_outgoing,
             verify_server_hostname: self.verify_server_hostname,
             ..TlsPartFile::default()
+        };
+        TlsPartFile {
+            verify_incoming: self.verify_incoming_https.or(self.verify_incoming),
+            ..top.clone()
         }
         .apply(&mut c.tls);
+        TlsPartFile {
+            verify_incoming: self.verify_incoming_rpc.or(self.verify_incoming),
+            ..top
+        }
+        .apply(&mut c.rpc_tls);
         if let Some(t) = self.tls {
-            for part in [t.defaults, t.https].into_iter().flatten() {
-                part.apply(&mut c.tls);
+            for part in [&t.defaults, &t.https].into_iter().flatten() {
+                part.clone().apply(&mut c.tls);
             }
-            if let Some(v) = t.internal_rpc.and_then(|r| r.verify_server_hostname) {
-                c.tls.verify_server_hostname = v;
+            for part in [t.defaults, t.internal_rpc].into_iter().flatten() {
+                part.apply(&mut c.rpc_tls);
             }
         }
         if self.bootstrap_expect.is_some() {
@@ -756,6 +765,7 @@ mod tests {
                 "ports":{"https":8501},"acl_datacenter":"dc9",
                 "tls":{"defaults":{"cert_file":"/new/c.pem","key_file":"/new/k.pem",
                        "verify_incoming":false},
+                       "https":{"verify_incoming":true},
                        "internal_rpc":{"verify_server_hostname":true}}}"#,
         );
         let mut c = Config::default();
@@ -764,7 +774,14 @@ mod tests {
         assert_eq!(c.tls.ca_file.as_deref(), Some(Path::new("/old/ca.pem")));
         assert_eq!(c.tls.cert_file.as_deref(), Some(Path::new("/new/c.pem")));
         assert_eq!(c.tls.key_file.as_deref(), Some(Path::new("/new/k.pem")));
-        assert!(!c.tls.verify_incoming && c.tls.verify_server_hostname);
+        assert!(c.tls.verify_incoming && !c.tls.verify_server_hostname);
+        // The RPC port: the same defaults, its own overrides.
+        assert_eq!(c.rpc_tls.ca_file.as_deref(), Some(Path::new("/old/ca.pem")));
+        assert_eq!(
+            c.rpc_tls.cert_file.as_deref(),
+            Some(Path::new("/new/c.pem"))
+        );
+        assert!(!c.rpc_tls.verify_incoming && c.rpc_tls.verify_server_hostname);
         assert_eq!(c.primary_datacenter, "dc9");
         let bad = write(&dir, "b.json", r#"{"tls":{"defaults":{"cert":"x"}}}"#);
         let err = load(&[bad]).unwrap_err().to_string();

@@ -156,18 +156,8 @@ impl Default for AclConfig {
     }
 }
 
-/// TLS for the HTTPS listener: Consul's `tls.defaults` overlaid by `tls.https`, or the
-/// older top-level `ca_file`, `cert_file`, `key_file`, `verify_incoming`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsConfig {
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    /// Clients of HTTPS must present a certificate from `ca_file`.
-    pub verify_incoming: bool,
-    pub verify_outgoing: bool,
-    pub verify_server_hostname: bool,
-}
+/// TLS for one interface (HTTPS, or the RPC port).
+pub use cairn_shared::tls::TlsSettings as TlsConfig;
 
 /// `acl.tokens`: secrets the agent itself uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -210,6 +200,8 @@ pub struct Config {
     pub acl: AclConfig,
     /// The `tls` block and Consul's older top-level TLS keys.
     pub tls: TlsConfig,
+    /// TLS on the server RPC port: `tls.defaults` overlaid by `tls.internal_rpc`.
+    pub rpc_tls: TlsConfig,
     /// `primary_datacenter`: the datacenter that owns ACL policies, roles and global
     /// tokens; empty means this one.
     pub primary_datacenter: String,
@@ -282,6 +274,7 @@ impl Default for Config {
             acl: AclConfig::default(),
             primary_datacenter: String::new(),
             tls: TlsConfig::default(),
+            rpc_tls: TlsConfig::default(),
             bind_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             advertise_addr: None,
             advertise_addr_wan: None,

@@ -61,7 +61,7 @@ pub fn servers(gossip: &Gossip, dc: &str) -> BTreeMap<NodeId, SeenServer> {
 }
 
 pub async fn run(c: Arc<RaftConsensus>, gossip: Gossip, shutdown: CancellationToken) {
-    let client = RpcClient::from_ip(c.settings.advertise.ip());
+    let client = RpcClient::from_ip(c.settings.advertise.ip()).with_tls(c.settings.rpc_tls.clone());
     let mut healthy_since: HashMap<NodeId, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     let mut warned_other_dc = BTreeSet::new();

@@ -17,6 +17,7 @@ pub mod recover;
 pub mod snapshot;
 pub mod state_machine;
 
+use cairn_shared::rpc::tls::ClientTls;
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::net::{IpAddr, SocketAddr};
@@ -144,6 +145,8 @@ pub struct RaftSettings {
     pub snapshot_threshold: u64,
     /// How long a new server must stay healthy before it becomes a voter.
     pub stabilization: Duration,
+    /// `verify_outgoing`: Raft and autopilot calls to other servers go over TLS.
+    pub rpc_tls: Option<ClientTls>,
 }
 
 /// The autopilot settings the leader acts on.
@@ -248,7 +251,11 @@ pub async fn start(
         follower_contact: Mutex::default(),
         gossip: OnceLock::new(),
     });
-    let net = Network::new(shared.clone(), settings.advertise.ip());
+    let net = Network::new(
+        shared.clone(),
+        settings.advertise.ip(),
+        settings.rpc_tls.clone(),
+    );
     let raft = Raft::new(id, config, net, log, sm)
         .await
         .map_err(|e| RaftStartError::Raft(e.to_string()))?;
@@ -385,7 +392,8 @@ impl RaftConsensus {
         lease: Duration,
         wait: Duration,
     ) -> Result<(), String> {
-        let client = crate::rpc::RpcClient::from_ip(self.settings.advertise.ip());
+        let client = crate::rpc::RpcClient::from_ip(self.settings.advertise.ip())
+            .with_tls(self.settings.rpc_tls.clone());
         let mut metrics = self.raft.metrics();
         for _ in 0..3 {
             tokio::time::sleep(lease).await;

@@ -28,10 +28,14 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn new(shared: Arc<Shared>, source: std::net::IpAddr) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        source: std::net::IpAddr,
+        tls: Option<cairn_shared::rpc::tls::ClientTls>,
+    ) -> Self {
         Self {
             shared,
-            client: Arc::new(RpcClient::from_ip(source)),
+            client: Arc::new(RpcClient::from_ip(source).with_tls(tls)),
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct ServerConfig {
     /// Autopilot's settings a first leader stores (the `autopilot` config block).
     pub autopilot: AutopilotConfig,
     pub acl: AclSettings,
+    /// `verify_outgoing`: calls to other servers and the WAN router go over TLS.
+    pub rpc_tls: Option<cairn_shared::rpc::tls::ClientTls>,
 }
 
 impl ServerConfig {
@@ -73,6 +75,7 @@ impl ServerConfig {
             coordinate_batch_period: Duration::from_secs(5),
             autopilot: Default::default(),
             acl: AclSettings::default(),
+            rpc_tls: None,
         }
     }
 }
@@ -171,6 +174,7 @@ impl Server {
         shutdown: CancellationToken,
     ) -> Self {
         let (timers, expired) = SessionTimers::new();
+        let forwarder = RpcClient::default().with_tls(config.rpc_tls.clone());
         let server = Self {
             inner: Arc::new(Inner {
                 config,
@@ -180,7 +184,7 @@ impl Server {
                 timers,
                 shutdown: shutdown.clone(),
                 coordinates: coordinates::Pending::default(),
-                forwarder: RpcClient::default(),
+                forwarder,
                 wan: OnceLock::new(),
                 transfers: snapshots::Transfers::default(),
                 authz: acl::AuthzCache::default(),

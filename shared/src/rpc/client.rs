@@ -13,9 +13,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
-use super::RpcError;
 use super::timeouts::CONNECT_TIMEOUT;
-use super::wire::{Body, PROTO_RPC, Reply, Request, Response, codec, decode, encode};
+use super::tls::ClientTls;
+use super::wire::{Body, PROTO_RPC, PROTO_TLS, Reply, Request, Response, codec, decode, encode};
+use super::{Io, RpcError};
 
 /// Why a call failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +53,8 @@ pub struct RpcClient {
     next_id: AtomicU64,
     /// The address outgoing connections come from; servers recognise each other by it.
     source: Option<IpAddr>,
+    /// `verify_outgoing`: every connection is TLS.
+    tls: Option<ClientTls>,
 }
 
 impl std::fmt::Debug for RpcClient {
@@ -74,6 +77,12 @@ impl RpcClient {
         }
     }
 
+    /// The same client dialling over TLS (`verify_outgoing`) when `tls` is given.
+    pub fn with_tls(mut self, tls: Option<ClientTls>) -> Self {
+        self.tls = tls;
+        self
+    }
+
     async fn connect(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
         let Some(ip) = self.source.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) else {
             return tokio::net::TcpStream::connect(addr).await;
@@ -94,15 +103,10 @@ impl RpcClient {
         {
             return Ok(c.clone());
         }
-        let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(addr))
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, self.open(addr))
             .await
             .map_err(|_| CallError::NotSent(format!("connecting to {addr}: timed out")))?
             .map_err(|e| CallError::NotSent(format!("connecting to {addr}: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        stream
-            .write_all(&[PROTO_RPC])
-            .await
-            .map_err(|e| CallError::NotSent(format!("{addr}: {e}")))?;
         let (mut sink, mut frames) = Framed::new(stream, codec()).split();
         let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(256);
         let pending: Pending = Arc::default();
@@ -146,6 +150,25 @@ impl RpcClient {
         let conn = Arc::new(Conn { tx, pending });
         lock(&self.conns).insert(addr, conn.clone());
         Ok(conn)
+    }
+
+    /// A connection that has said it speaks RPC, inside TLS when this client dials so.
+    async fn open(&self, addr: SocketAddr) -> std::io::Result<Box<dyn Io>> {
+        let mut stream = self.connect(addr).await?;
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            stream.write_all(&[PROTO_RPC]).await?;
+            return Ok(Box::new(stream));
+        };
+        stream.write_all(&[PROTO_TLS]).await?;
+        let mut session = tls
+            .connector
+            .connect(tls.name.clone(), stream)
+            .await
+            .map_err(|e| std::io::Error::other(format!("TLS: {e}")))?;
+        session.write_all(&[PROTO_RPC]).await?;
+        session.flush().await?;
+        Ok(Box::new(session))
     }
 
     fn forget(&self, addr: SocketAddr) {

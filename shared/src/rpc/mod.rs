@@ -9,14 +9,22 @@
 //! - [`wire`]: frames and the bodies the RPC port carries; [`timeouts`]: every wait, once.
 //! - With the `net` feature, [`client`] (multiplexed connections that tell a request never
 //!   sent from one whose fate is unknown) and [`server`] (the accept loop, one task per
-//!   request, answers tagged with their IDs).
+//!   request, answers tagged with their IDs), both over plain TCP or [`tls`].
 
 #[cfg(feature = "net")]
 pub mod client;
 #[cfg(feature = "net")]
 pub mod server;
 pub mod timeouts;
+#[cfg(feature = "net")]
+pub mod tls;
 pub mod wire;
+
+/// A byte stream the RPC protocol runs over: a TCP socket or a TLS session on one.
+#[cfg(feature = "net")]
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+#[cfg(feature = "net")]
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 use std::collections::BTreeMap;
 use std::time::Duration;

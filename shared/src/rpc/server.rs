@@ -16,10 +16,12 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::RpcError;
+use super::tls::ServerTls;
 use super::wire::{
-    Body, MAX_FRAME, METRIC_BAD_FRAMES, PROTO_RPC, Reply, Request, Response, codec, decode, encode,
+    Body, MAX_FRAME, METRIC_BAD_FRAMES, PROTO_RPC, PROTO_TLS, Reply, Request, Response, codec,
+    decode, encode,
 };
+use super::{Io, RpcError};
 
 /// Answers one request; `peer` is the address the connection came from.
 #[async_trait]
@@ -27,7 +29,8 @@ pub trait Handler: Send + Sync {
     async fn handle(&self, peer: IpAddr, body: Body) -> Result<Reply, RpcError>;
 }
 
-/// How long a new connection may take to say which protocol it speaks.
+/// How long a new connection may take to say which protocol it speaks (a TLS handshake
+/// included).
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests one connection may have in flight (blocking queries included).
 const MAX_IN_FLIGHT: usize = 1024;
@@ -70,10 +73,11 @@ impl Drop for Slot {
     }
 }
 
-/// Accepts RPC connections until `shutdown`.
+/// Accepts RPC connections until `shutdown`, TLS ones too when `tls` is given.
 pub async fn serve(
     listener: TcpListener,
     handler: Arc<dyn Handler>,
+    tls: Option<ServerTls>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -98,9 +102,17 @@ pub async fn serve(
         let handler = handler.clone();
         let stop = shutdown.clone();
         let inner = tasks.clone();
+        let tls = tls.clone();
         tasks.spawn(async move {
             let _slot = slot;
-            if let Err(why) = connection(stream, peer.ip(), handler, inner, stop).await {
+            let opened = tokio::time::timeout(HELLO_TIMEOUT, open(stream, tls.as_ref()))
+                .await
+                .unwrap_or(Err("no protocol byte"));
+            let served = match opened {
+                Ok(io) => connection(io, peer.ip(), handler, inner, stop).await,
+                Err(why) => Err(why),
+            };
+            if let Err(why) = served {
                 metrics::counter!(METRIC_BAD_FRAMES).increment(1);
                 tracing::debug!(%peer, why, "RPC connection closed");
             }
@@ -108,20 +120,45 @@ pub async fn serve(
     }
 }
 
+async fn hello(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Result<u8, &'static str> {
+    let mut byte = [0u8; 1];
+    stream
+        .read_exact(&mut byte)
+        .await
+        .map_err(|_| "no protocol byte")?;
+    Ok(byte[0])
+}
+
+/// Reads the protocol byte and, for a TLS connection, runs the handshake and reads the
+/// byte inside it; refuses plain RPC where TLS is required.
+async fn open(mut stream: TcpStream, tls: Option<&ServerTls>) -> Result<Box<dyn Io>, &'static str> {
+    let _ = stream.set_nodelay(true);
+    match (hello(&mut stream).await?, tls) {
+        (PROTO_RPC, Some(t)) if t.required => Err("plain RPC refused: this port requires TLS"),
+        (PROTO_RPC, _) => Ok(Box::new(stream)),
+        (PROTO_TLS, Some(t)) => {
+            let mut session = t
+                .acceptor
+                .accept(stream)
+                .await
+                .map_err(|_| "TLS handshake failed")?;
+            match hello(&mut session).await? {
+                PROTO_RPC => Ok(Box::new(session)),
+                _ => Err("unknown protocol byte inside TLS"),
+            }
+        }
+        (PROTO_TLS, None) => Err("TLS offered, but this port has no certificate"),
+        _ => Err("unknown protocol byte"),
+    }
+}
+
 async fn connection(
-    mut stream: TcpStream,
+    stream: Box<dyn Io>,
     peer: IpAddr,
     handler: Arc<dyn Handler>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 ) -> Result<(), &'static str> {
-    let _ = stream.set_nodelay(true);
-    let mut hello = [0u8; 1];
-    match tokio::time::timeout(HELLO_TIMEOUT, stream.read_exact(&mut hello)).await {
-        Ok(Ok(_)) if hello[0] == PROTO_RPC => {}
-        Ok(Ok(_)) => return Err("unknown protocol byte"),
-        _ => return Err("no protocol byte"),
-    }
     let (mut sink, mut frames) = Framed::new(stream, codec()).split();
     let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(256);
     let writer = tasks.spawn(async move {
@@ -223,7 +260,8 @@ mod tests {
             };
             let (stream, peer) = listener.accept().await.unwrap();
             let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
-            let _ = connection(stream, peer.ip(), handler, tasks, stop).await;
+            let io = open(stream, None).await.unwrap();
+            let _ = connection(io, peer.ip(), handler, tasks, stop).await;
         });
         addr
     }

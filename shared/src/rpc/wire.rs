@@ -1,7 +1,8 @@
 //! The server RPC port's wire protocol (`:8300`), which client agents, servers and WAN
 //! routers all speak.
 //!
-//! A connection opens with one byte naming its protocol ([`PROTO_RPC`]), then carries
+//! A connection opens with one byte naming its protocol ([`PROTO_RPC`], or [`PROTO_TLS`]
+//! and a TLS session that opens with [`PROTO_RPC`]), then carries
 //! length-prefixed frames (4-byte big-endian length, MessagePack body, at most
 //! [`MAX_FRAME`] bytes). Each [`Request`] has an ID and its [`Response`] comes back tagged
 //! with it, so one connection carries many concurrent requests (a blocking query does not
@@ -15,6 +16,9 @@ use crate::api::{CoordinateEntry, UserEvent};
 
 /// First byte of a connection carrying RPCs.
 pub const PROTO_RPC: u8 = 0x01;
+/// First byte of a connection that runs a TLS handshake and then opens with [`PROTO_RPC`]
+/// inside it (Consul's `RPCTLS` byte).
+pub const PROTO_TLS: u8 = 0x03;
 /// Largest frame either side accepts: a 512 KiB value plus headroom; blocking answers of
 /// big catalogs fit too.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
