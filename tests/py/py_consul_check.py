@@ -258,6 +258,74 @@ def check_config_entries(c):
 MGMT = "5e6d3c0a-7f1b-4c2d-9e8f-0a1b2c3d4e5f"
 
 
+def es256_key(tmp):
+    """An ECDSA P-256 key made by openssl: (private PEM path, public PEM text)."""
+    key = os.path.join(tmp, "jwt-key.pem")
+    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout",
+                    "-out", key], check=True, capture_output=True)
+    public = subprocess.run(["openssl", "ec", "-in", key, "-pubout"], check=True,
+                            capture_output=True, text=True).stdout
+    return key, public
+
+
+def es256_jwt(key, claims):
+    """A JWT signed with openssl: its DER signature turned into JOSE's r || s."""
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+    head = b64(json.dumps({"alg": "ES256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    der = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=head + b"." + body,
+                         check=True, capture_output=True).stdout
+    rlen = der[3]
+    r = der[4:4 + rlen]
+    s = der[6 + rlen:6 + rlen + der[5 + rlen]]
+    sig = r.lstrip(b"\0").rjust(32, b"\0") + s.lstrip(b"\0").rjust(32, b"\0")
+    return (head + b"." + body + b"." + b64(sig)).decode()
+
+
+def check_auth_methods(c, anon):
+    """JWT auth methods, binding rules, login and logout through py-consul."""
+    tmp = tempfile.mkdtemp()
+    key, public = es256_key(tmp)
+    config = {"JWTValidationPubKeys": [public], "BoundAudiences": ["py"],
+              "ClaimMappings": {"sub": "name"}}
+    m = c.acl.auth_method.create("py-jwt", "jwt", description="py", config=config,
+                                 max_token_ttl="5m")
+    assert m["Name"] == "py-jwt" and m["MaxTokenTTL"] == "5m0s", m
+    assert [x["Name"] for x in c.acl.auth_method.list()] == ["py-jwt"]
+    m = c.acl.auth_method.update("py-jwt", "jwt", description="py2", config=config)
+    assert c.acl.auth_method.read("py-jwt")["Description"] == "py2", m
+    rule = c.acl.binding_rule.create("py-jwt", "service", "${value.name}",
+                                     selector='value.name != ""')
+    assert rule["BindName"] == "${value.name}" and rule["ID"], rule
+    assert [r["ID"] for r in c.acl.binding_rule.list(auth_method="py-jwt")] == [rule["ID"]]
+    rule = c.acl.binding_rule.update(rule["ID"], "py-jwt", "service", "${value.name}",
+                                     description="svc")
+    assert c.acl.binding_rule.read(rule["ID"])["Description"] == "svc"
+    now = int(time.time())
+    bearer = es256_jwt(key, {"sub": "pyweb", "aud": "py", "iat": now, "exp": now + 60})
+    logged = anon.acl.login("py-jwt", bearer, meta={"from": "py"})
+    assert logged["AuthMethod"] == "py-jwt" and logged["Local"] is True, logged
+    assert logged["ServiceIdentities"] == [{"ServiceName": "pyweb"}], logged
+    assert anon.acl.logout(logged["SecretID"]) is True
+    for call, why in [
+        (lambda: anon.acl.login("nope", bearer), "ACL not found"),
+        (lambda: anon.acl.logout(MGMT), "Permission denied"),
+    ]:
+        try:
+            call()
+            raise AssertionError(f"expected a refusal: {why}")
+        except consul.ACLPermissionDenied as e:
+            assert why in str(e), e
+    try:
+        anon.acl.login("py-jwt", "not-a-jwt")
+        raise AssertionError("a bad bearer token must be refused")
+    except consul.ConsulException as e:
+        assert "error parsing token" in str(e), e
+    assert c.acl.binding_rule.delete(rule["ID"]) is True
+    assert c.acl.auth_method.delete("py-jwt") is True
+    assert c.acl.auth_method.list() == []
+
+
 def check_acl(binary):
     """ACLs on with default deny, through py-consul's ACL API."""
     cfg = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
@@ -306,6 +374,7 @@ def check_acl(binary):
         templated = c.acl.token.create(
             templated_policies=[{"builtin/service": {"Name": "pyweb"}}])
         assert templated["TemplatedPolicies"][0]["TemplateName"] == "builtin/service", templated
+        check_auth_methods(c, anon)
         assert c.agent.token.set("default", token["SecretID"]) is True
         _, entry = anon.kv.get("py/x")
         assert entry["Value"] == b"1", entry

@@ -1311,3 +1311,314 @@ async fn templated_policies_grant_what_their_template_renders() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Each `(body, reason)` PUT to `path` is refused, saying `reason`.
+async fn refused_with(agent: &Agent, path: &str, cases: Vec<(Value, &str)>) {
+    for (body, why) in cases {
+        let r = call(agent, "PUT", path, MGMT, Some(body)).await;
+        assert!(
+            r.status >= 400 && r.text.contains(why),
+            "{why}: {} {}",
+            r.status,
+            r.text
+        );
+    }
+}
+
+/// A signing key for test JWTs and its public half as a PEM.
+fn jwt_key() -> (jsonwebtoken::EncodingKey, String) {
+    let pair = rcgen::KeyPair::generate().unwrap();
+    let private = jsonwebtoken::EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+    (private, pair.public_key_pem())
+}
+
+/// A JWT from the test issuer for `service` in `groups`, issued now and valid for `valid`.
+fn jwt(key: &jsonwebtoken::EncodingKey, service: &str, groups: &[&str], valid: i64) -> String {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = json!({"iss": "https://issuer.test", "aud": ["cairn"], "iat": now - 5,
+        "exp": now + valid, "service": service, "groups": groups});
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
+/// Auth methods of the `jwt` type and binding rules: CRUD under `acl:write`, logins that
+/// get what the matching rules bind (service identities filled in from claims, roles by
+/// name) and expire at `MaxTokenTTL`, Consul's refusals for an unknown method, a bad
+/// signature, an expired token and a login that binds nothing; logout only of a login's
+/// token; deleting the method takes its rules and tokens with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_logins_get_what_binding_rules_bind() {
+    let (agent, dir) = deny_agent(json!({})).await;
+    let (key, public) = jwt_key();
+    let method = json!({"Name": "ci-jwt", "Type": "jwt", "MaxTokenTTL": "10m",
+        "Description": "CI", "Config": {"JWTValidationPubKeys": [public],
+        "BoundIssuer": "https://issuer.test", "BoundAudiences": ["cairn"],
+        "ClaimMappings": {"service": "service"}, "ListClaimMappings": {"groups": "groups"}}});
+    let anon = call(
+        &agent,
+        "PUT",
+        "/v1/acl/auth-method",
+        "",
+        Some(method.clone()),
+    )
+    .await;
+    assert_eq!(anon.status, 403, "{}", anon.text);
+    let made = call(
+        &agent,
+        "PUT",
+        "/v1/acl/auth-method",
+        MGMT,
+        Some(method.clone()),
+    )
+    .await;
+    assert_eq!(made.status, 200, "{}", made.text);
+    assert_eq!(made.json()["MaxTokenTTL"], "10m0s");
+    let again = call(
+        &agent,
+        "PUT",
+        "/v1/acl/auth-method",
+        MGMT,
+        Some(method.clone()),
+    )
+    .await;
+    assert_eq!(again.status, 500, "{}", again.text);
+    assert!(again.text.contains("already exists"), "{}", again.text);
+    let list = call(&agent, "GET", "/v1/acl/auth-methods", MGMT, None).await;
+    assert_eq!(list.json()[0]["Name"], "ci-jwt");
+    assert!(list.json()[0].get("Config").is_none(), "{}", list.text);
+    let one = call(&agent, "GET", "/v1/acl/auth-method/ci-jwt", MGMT, None).await;
+    assert_eq!(one.json()["Config"]["BoundIssuer"], "https://issuer.test");
+    let gone = call(&agent, "GET", "/v1/acl/auth-method/nope", MGMT, None).await;
+    assert_eq!((gone.status, gone.text.as_str()), (403, "ACL not found"));
+    // Bad methods are refused with the reason.
+    let cases = vec![
+        (
+            json!({"Name": "x", "Type": "kubernetes"}),
+            "Type should be one of",
+        ),
+        (json!({"Name": "bad name!", "Type": "jwt"}), "invalid Name"),
+        (
+            json!({"Name": "x", "Type": "jwt", "Config": {"JWTValidationPubKeys": ["junk"]}}),
+            "error parsing public key",
+        ),
+        (
+            json!({"Name": "x", "Type": "jwt", "MaxTokenTTL": "5s",
+                "Config": {"JWTValidationPubKeys": [public]}}),
+            "MaxTokenTTL",
+        ),
+    ];
+    refused_with(&agent, "/v1/acl/auth-method", cases).await;
+
+    // A role the rules bind by name, and two rules.
+    let p = call(
+        &agent,
+        "PUT",
+        "/v1/acl/policy",
+        MGMT,
+        Some(json!({
+        "Name": "app-read", "Rules": "key_prefix \"app/\" { policy = \"read\" }"})),
+    )
+    .await;
+    assert_eq!(p.status, 200, "{}", p.text);
+    let role = call(
+        &agent,
+        "PUT",
+        "/v1/acl/role",
+        MGMT,
+        Some(json!({
+        "Name": "readers", "Policies": [{"Name": "app-read"}]})),
+    )
+    .await;
+    assert_eq!(role.status, 200, "{}", role.text);
+    let rule = |selector: &str, bind_type: &str, name: &str| {
+        json!({"AuthMethod": "ci-jwt", "Selector": selector, "BindType": bind_type,
+               "BindName": name, "Description": "ci"})
+    };
+    let r1 = call(
+        &agent,
+        "PUT",
+        "/v1/acl/binding-rule",
+        MGMT,
+        Some(rule(
+            "\"dev\" in list.groups",
+            "service",
+            "${value.service}",
+        )),
+    )
+    .await;
+    assert_eq!(r1.status, 200, "{}", r1.text);
+    let r1_id = r1.json()["ID"].as_str().unwrap().to_string();
+    let r2 = call(
+        &agent,
+        "PUT",
+        "/v1/acl/binding-rule",
+        MGMT,
+        Some(rule("value.service == \"web\"", "role", "readers")),
+    )
+    .await;
+    assert_eq!(r2.status, 200, "{}", r2.text);
+    let cases = vec![
+        (
+            json!({"AuthMethod": "nope", "BindType": "service", "BindName": "x"}),
+            "unknown AuthMethod",
+        ),
+        (rule("", "service", "${value.missing}"), "unknown variable"),
+        (rule("", "bogus", "x"), "unknown BindType"),
+        (
+            rule("value.service ==", "service", "x"),
+            "Selector is invalid",
+        ),
+    ];
+    refused_with(&agent, "/v1/acl/binding-rule", cases).await;
+    let rules = call(
+        &agent,
+        "GET",
+        "/v1/acl/binding-rules?authmethod=ci-jwt",
+        MGMT,
+        None,
+    )
+    .await;
+    assert_eq!(
+        rules.json().as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        rules.text
+    );
+    let upd = call(
+        &agent,
+        "PUT",
+        &format!("/v1/acl/binding-rule/{r1_id}"),
+        MGMT,
+        Some(json!({
+        "AuthMethod": "ci-jwt", "Selector": "\"dev\" in list.groups", "BindType": "service",
+        "BindName": "${value.service}", "Description": "updated"})),
+    )
+    .await;
+    assert_eq!(upd.json()["Description"], "updated", "{}", upd.text);
+
+    // A login: no token needed, and what the rules bind comes back as a new local token.
+    let login = |bearer: String| json!({"AuthMethod": "ci-jwt", "BearerToken": bearer, "Meta": {"pod": "p1"}});
+    let ok = call(
+        &agent,
+        "POST",
+        "/v1/acl/login",
+        "",
+        Some(login(jwt(&key, "web", &["dev"], 300))),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    let t = ok.json();
+    assert_eq!(t["AuthMethod"], "ci-jwt");
+    assert_eq!(t["Local"], true);
+    assert_eq!(
+        t["Description"],
+        "token created via login: {\"pod\":\"p1\"}"
+    );
+    assert_eq!(t["ServiceIdentities"][0]["ServiceName"], "web", "{t}");
+    assert_eq!(t["Roles"][0]["Name"], "readers", "{t}");
+    assert!(t["ExpirationTime"].is_string(), "{t}");
+    let secret = t["SecretID"].as_str().unwrap().to_string();
+    // It may register web and read app/, and no more.
+    let reg = |name: &str| json!({"Name": name, "Port": 80});
+    let web = call(
+        &agent,
+        "PUT",
+        "/v1/agent/service/register",
+        &secret,
+        Some(reg("web")),
+    )
+    .await;
+    assert_eq!(web.status, 200, "{}", web.text);
+    let db = call(
+        &agent,
+        "PUT",
+        "/v1/agent/service/register",
+        &secret,
+        Some(reg("db")),
+    )
+    .await;
+    assert_eq!(db.status, 403, "{}", db.text);
+    let kv = call(&agent, "PUT", "/v1/kv/app/x", &secret, Some(json!(1))).await;
+    assert_eq!(kv.status, 403, "{}", kv.text);
+    let by_method = call(
+        &agent,
+        "GET",
+        "/v1/acl/tokens?authmethod=ci-jwt",
+        MGMT,
+        None,
+    )
+    .await;
+    assert_eq!(
+        by_method.json().as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        by_method.text
+    );
+    let none = call(&agent, "GET", "/v1/acl/tokens?authmethod=other", MGMT, None).await;
+    assert_eq!(none.json(), json!([]));
+
+    // Refusals, as Consul words them.
+    let (other, _) = jwt_key();
+    let unknown = json!({"AuthMethod": "nope", "BearerToken": jwt(&key, "web", &["dev"], 300)});
+    let refusals = vec![
+        (
+            unknown,
+            403,
+            "ACL not found: auth method \"nope\" not found",
+        ),
+        (
+            login(jwt(&other, "web", &["dev"], 300)),
+            500,
+            "no known key successfully validated",
+        ),
+        (
+            login(jwt(&key, "web", &["dev"], -600)),
+            500,
+            "token is expired",
+        ),
+        (login("garbage".into()), 500, "error parsing token"),
+        (
+            login(jwt(&key, "api", &["ops"], 300)),
+            403,
+            "Permission denied",
+        ),
+        (json!({"AuthMethod": 7}), 400, "Login decoding failed"),
+    ];
+    for (body, status, why) in refusals {
+        let r = call(&agent, "POST", "/v1/acl/login", "", Some(body)).await;
+        assert!(
+            r.status == status && r.text.contains(why),
+            "{why}: {} {}",
+            r.status,
+            r.text
+        );
+    }
+
+    // Logout: only a login's token, only with that token.
+    let r = call(&agent, "POST", "/v1/acl/logout", MGMT, None).await;
+    assert_eq!((r.status, r.text.as_str()), (403, "Permission denied"));
+    let r = call(&agent, "POST", "/v1/acl/logout", "", None).await;
+    assert_eq!((r.status, r.text.as_str()), (403, "ACL not found"));
+    let r = call(&agent, "POST", "/v1/acl/logout", &secret, None).await;
+    assert_eq!((r.status, r.text.as_str()), (200, "true"));
+    let r = call(&agent, "GET", "/v1/acl/token/self", &secret, None).await;
+    assert_eq!((r.status, r.text.as_str()), (403, "ACL not found"));
+
+    // Deleting the method takes its rules and the tokens its logins made.
+    let again = call(
+        &agent,
+        "POST",
+        "/v1/acl/login",
+        "",
+        Some(login(jwt(&key, "web", &["dev"], 300))),
+    )
+    .await;
+    let secret = again.json()["SecretID"].as_str().unwrap().to_string();
+    let del = call(&agent, "DELETE", "/v1/acl/auth-method/ci-jwt", MGMT, None).await;
+    assert_eq!((del.status, del.text.as_str()), (200, "true"));
+    let rules = call(&agent, "GET", "/v1/acl/binding-rules", MGMT, None).await;
+    assert_eq!(rules.json(), json!([]));
+    let r = call(&agent, "GET", "/v1/acl/token/self", &secret, None).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    std::fs::remove_dir_all(dir).unwrap();
+}

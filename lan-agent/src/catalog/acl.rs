@@ -1,4 +1,5 @@
-//! ACL state: tokens, policies and roles, the bootstrap marker, and token resolution.
+//! ACL state: tokens, policies, roles, auth methods and binding rules, the bootstrap
+//! marker, and token resolution.
 //!
 //! Links from tokens and roles to policies and roles are stored by ID; names are filled in
 //! when they are read, and links to something since deleted are left out, so renaming or
@@ -7,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use cairn_shared::acl::{
-    Identity, Link, MANAGEMENT_POLICY_ID, Policy, Role, Rules, Token, node_identity_rules,
-    service_identity_rules, valid_name,
+    AuthMethod, BindingRule, Identity, Link, MANAGEMENT_POLICY_ID, Policy, Role, Rules, Token,
+    node_identity_rules, service_identity_rules, valid_name,
 };
 use cairn_shared::rpc::{AclOp, RpcError, WriteResult};
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,12 @@ pub struct AclState {
     roles: BTreeMap<String, Role>,
     /// The index of the bootstrap; 0 while bootstrap is allowed.
     bootstrap_index: u64,
+    /// By name. Local to this datacenter, as Consul keeps them.
+    #[serde(default)]
+    auth_methods: BTreeMap<String, AuthMethod>,
+    /// By ID.
+    #[serde(default)]
+    binding_rules: BTreeMap<String, BindingRule>,
 }
 
 fn internal(m: String) -> RpcError {
@@ -280,6 +287,22 @@ impl AclState {
         }
     }
 
+    pub fn auth_methods(&self) -> impl Iterator<Item = &AuthMethod> {
+        self.auth_methods.values()
+    }
+
+    pub fn auth_method(&self, name: &str) -> Option<&AuthMethod> {
+        self.auth_methods.get(name)
+    }
+
+    pub fn binding_rules(&self) -> impl Iterator<Item = &BindingRule> {
+        self.binding_rules.values()
+    }
+
+    pub fn binding_rule(&self, id: &str) -> Option<&BindingRule> {
+        self.binding_rules.get(id)
+    }
+
     /// Tokens that expire at or before `now_ms`.
     pub fn expired(&self, now_ms: u64) -> impl Iterator<Item = &str> {
         self.expires
@@ -455,6 +478,7 @@ impl Store {
                         }
                         t.create_index = old.create_index;
                         t.create_time = old.create_time.clone();
+                        t.auth_method = old.auth_method.clone();
                         t.expiration_time = old.expiration_time.clone();
                         expires = a.expires.get(&t.accessor_id).copied();
                     }
@@ -583,6 +607,101 @@ impl Store {
                 }
                 Ok(WriteResult::Bool(true))
             }
+            AclOp::AuthMethodSet { method, create } => {
+                let mut m = (**method).clone();
+                match (self.acl.auth_methods.get(&m.name), create) {
+                    (Some(_), true) => {
+                        return Err(internal(format!(
+                            "Invalid Auth Method: An Auth Method with Name {:?} already exists",
+                            m.name
+                        )));
+                    }
+                    (None, false) => {
+                        return Err(internal(format!("Cannot find auth method {:?}", m.name)));
+                    }
+                    (Some(old), false) => {
+                        if old.kind != m.kind {
+                            return Err(internal(format!(
+                                "the Type field is immutable: {:?} != {:?}",
+                                m.kind, old.kind
+                            )));
+                        }
+                        m.create_index = old.create_index;
+                    }
+                    (None, true) => m.create_index = idx,
+                }
+                m.modify_index = idx;
+                self.acl.auth_methods.insert(m.name.clone(), m.clone());
+                self.bump(Table::AclAuthMethods, idx);
+                Ok(WriteResult::AclAuthMethod(Box::new(m)))
+            }
+            AclOp::AuthMethodDelete { name } => {
+                if self.acl.auth_methods.remove(name).is_none() {
+                    return Ok(WriteResult::Bool(true));
+                }
+                self.bump(Table::AclAuthMethods, idx);
+                let before = self.acl.binding_rules.len();
+                self.acl.binding_rules.retain(|_, r| &r.auth_method != name);
+                if self.acl.binding_rules.len() != before {
+                    self.bump(Table::AclBindingRules, idx);
+                }
+                let made: Vec<String> = self
+                    .acl
+                    .tokens
+                    .values()
+                    .filter(|t| &t.auth_method == name)
+                    .map(|t| t.accessor_id.clone())
+                    .collect();
+                for a in &made {
+                    self.acl.remove_token(a);
+                }
+                if !made.is_empty() {
+                    self.bump(Table::AclTokens, idx);
+                }
+                Ok(WriteResult::Bool(true))
+            }
+            AclOp::BindingRuleSet { rule, create } => {
+                let mut r = (**rule).clone();
+                if !self.acl.auth_methods.contains_key(&r.auth_method) {
+                    return Err(internal(format!(
+                        "Invalid Binding Rule: unknown AuthMethod {:?}",
+                        r.auth_method
+                    )));
+                }
+                match (self.acl.binding_rules.get(&r.id), create) {
+                    (Some(_), true) => {
+                        return Err(internal(
+                            "Invalid Binding Rule: ID is already in use".into(),
+                        ));
+                    }
+                    (None, false) => {
+                        return Err(internal(format!("Cannot find binding rule {:?}", r.id)));
+                    }
+                    (Some(old), false) => {
+                        if old.auth_method != r.auth_method {
+                            return Err(internal(format!(
+                                "the AuthMethod field is immutable: {:?} != {:?}",
+                                r.auth_method, old.auth_method
+                            )));
+                        }
+                        r.create_index = old.create_index;
+                    }
+                    (None, true) => r.create_index = idx,
+                }
+                r.modify_index = idx;
+                self.acl.binding_rules.insert(r.id.clone(), r.clone());
+                self.bump(Table::AclBindingRules, idx);
+                Ok(WriteResult::AclBindingRule(Box::new(r)))
+            }
+            AclOp::BindingRuleDelete { id } => {
+                if self.acl.binding_rules.remove(id).is_some() {
+                    self.bump(Table::AclBindingRules, idx);
+                }
+                Ok(WriteResult::Bool(true))
+            }
+            AclOp::Login { .. } | AclOp::Logout { .. } => Err(internal(
+                "invariant: the leader turns a login or logout into a token write".into(),
+            )),
         }
     }
 }

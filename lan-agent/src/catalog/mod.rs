@@ -90,6 +90,8 @@ pub enum Table {
     AclTokens,
     AclPolicies,
     AclRoles,
+    AclAuthMethods,
+    AclBindingRules,
 }
 
 /// Entry counts per kind.
@@ -371,6 +373,8 @@ impl Store {
             Table::AclTokens,
             Table::AclPolicies,
             Table::AclRoles,
+            Table::AclAuthMethods,
+            Table::AclBindingRules,
         ] {
             self.table_index.insert(t, idx);
         }

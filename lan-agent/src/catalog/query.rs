@@ -304,13 +304,18 @@ impl Store {
                         .collect(),
                 ),
             ),
-            Query::AclTokens { policy, role } => (
+            Query::AclTokens {
+                policy,
+                role,
+                auth_method,
+            } => (
                 self.table(Table::AclTokens),
                 QueryResult::AclTokens(
                     self.acl
                         .tokens()
                         .filter(|t| policy.is_empty() || t.policies.iter().any(|l| &l.id == policy))
                         .filter(|t| role.is_empty() || t.roles.iter().any(|l| &l.id == role))
+                        .filter(|t| auth_method.is_empty() || &t.auth_method == auth_method)
                         .map(|t| self.acl.show_token(t))
                         .collect(),
                 ),
@@ -353,6 +358,32 @@ impl Store {
                         .map(|r| self.acl.show_role(r))
                         .into_iter()
                         .collect(),
+                ),
+            ),
+            Query::AclAuthMethods => (
+                self.table(Table::AclAuthMethods),
+                QueryResult::AclAuthMethods(self.acl.auth_methods().cloned().collect()),
+            ),
+            Query::AclAuthMethod { name } => (
+                self.table(Table::AclAuthMethods),
+                QueryResult::AclAuthMethods(
+                    self.acl.auth_method(name).cloned().into_iter().collect(),
+                ),
+            ),
+            Query::AclBindingRules { auth_method } => (
+                self.table(Table::AclBindingRules),
+                QueryResult::AclBindingRules(
+                    self.acl
+                        .binding_rules()
+                        .filter(|r| auth_method.is_empty() || &r.auth_method == auth_method)
+                        .cloned()
+                        .collect(),
+                ),
+            ),
+            Query::AclBindingRule { id } => (
+                self.table(Table::AclBindingRules),
+                QueryResult::AclBindingRules(
+                    self.acl.binding_rule(id).cloned().into_iter().collect(),
                 ),
             ),
             Query::AclTokenSelf | Query::AclResolve | Query::AclReplication => {
@@ -469,6 +500,12 @@ impl Store {
             }
             Query::AclRoles { .. } | Query::AclRole { .. } => {
                 vec![WatchKey::Table(Table::AclRoles)]
+            }
+            Query::AclAuthMethods | Query::AclAuthMethod { .. } => {
+                vec![WatchKey::Table(Table::AclAuthMethods)]
+            }
+            Query::AclBindingRules { .. } | Query::AclBindingRule { .. } => {
+                vec![WatchKey::Table(Table::AclBindingRules)]
             }
             Query::ConfigEntries { .. } | Query::ConfigEntry { .. } => {
                 vec![WatchKey::Table(Table::ConfigEntries)]

@@ -1,4 +1,5 @@
-//! `/v1/acl/...`: bootstrap, tokens, policies and roles; `PUT /v1/agent/token/:type`.
+//! `/v1/acl/...`: bootstrap, tokens, policies, roles, auth methods and binding rules,
+//! login and logout; `PUT /v1/agent/token/:type`.
 //! Every endpoint answers 401 `ACL support disabled` while ACLs are off, as Consul's do.
 //! Missing tokens, policies and roles are Consul's 403 `ACL not found`.
 
@@ -9,8 +10,8 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use cairn_shared::acl::{
-    ACL_DISABLED, ACL_NOT_FOUND, Link, NodeIdentity, Policy, Role, ServiceIdentity,
-    TemplateVariables, TemplatedPolicy, Token, templates,
+    ACL_DISABLED, ACL_NOT_FOUND, AuthMethod, BindingRule, Link, NodeIdentity, Policy, Role,
+    ServiceIdentity, TemplateVariables, TemplatedPolicy, Token, templates,
 };
 use cairn_shared::rpc::{AclOp, Query, QueryResult, WriteOp, WriteRequest, WriteResult};
 use serde::Deserialize;
@@ -80,6 +81,42 @@ pub(super) fn router() -> Routes {
             "/v1/acl/templated-policy/preview/{*name}",
             methods(post(templated_preview), "POST"),
         )
+        .route(
+            "/v1/acl/auth-method",
+            methods(put(object_create::<AuthMethod>), "PUT"),
+        )
+        .route(
+            "/v1/acl/auth-method/{name}",
+            methods(
+                get(object_read::<AuthMethod>)
+                    .put(object_update::<AuthMethod>)
+                    .delete(object_delete::<AuthMethod>),
+                "GET,PUT,DELETE",
+            ),
+        )
+        .route(
+            "/v1/acl/auth-methods",
+            methods(get(auth_method_list), "GET"),
+        )
+        .route(
+            "/v1/acl/binding-rule",
+            methods(put(object_create::<BindingRule>), "PUT"),
+        )
+        .route(
+            "/v1/acl/binding-rule/{id}",
+            methods(
+                get(object_read::<BindingRule>)
+                    .put(object_update::<BindingRule>)
+                    .delete(object_delete::<BindingRule>),
+                "GET,PUT,DELETE",
+            ),
+        )
+        .route(
+            "/v1/acl/binding-rules",
+            methods(get(binding_rule_list), "GET"),
+        )
+        .route("/v1/acl/login", methods(post(login), "POST"))
+        .route("/v1/acl/logout", methods(post(logout), "POST"))
         .route("/v1/agent/token/{kind}", methods(put(agent_token), "PUT"))
 }
 
@@ -455,23 +492,10 @@ async fn token_delete(
 async fn token_list(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
     enabled(&st)?;
     let p = Params::parse(uri.query());
-    if p.value("authmethod").is_some_and(|m| !m.is_empty()) {
-        // No auth methods exist yet, so no token came from one.
-        let (params, resp) = read(
-            &st,
-            &uri,
-            &headers,
-            Query::AclTokens {
-                policy: String::new(),
-                role: String::new(),
-            },
-        )
-        .await?;
-        return Ok(query_json(&st, &params, &resp.meta, &Vec::<Value>::new()));
-    }
     let query = Query::AclTokens {
         policy: p.value("policy").unwrap_or_default().to_string(),
         role: p.value("role").unwrap_or_default().to_string(),
+        auth_method: p.value("authmethod").unwrap_or_default().to_string(),
     };
     let (params, resp) = read(&st, &uri, &headers, query).await?;
     let QueryResult::AclTokens(v) = &resp.result else {
@@ -487,6 +511,8 @@ trait Object: serde::Serialize + Sized + Send + 'static {
     type Body: serde::de::DeserializeOwned + Default + Send;
     /// `Policy` or `Role`, as Consul's messages name it.
     const WHAT: &'static str;
+    /// What the URL names it by.
+    const KEY: &'static str = "ID";
     fn body_id(b: &mut Self::Body) -> &mut String;
     fn of_body(b: Self::Body) -> Result<Self, ApiError>;
     fn set(self, create: bool) -> AclOp;
@@ -649,8 +675,9 @@ async fn object_update<O: Object>(
     let given = O::body_id(&mut b);
     if !given.is_empty() && *given != id {
         return Err(ApiError::bad_request(format!(
-            "{} ID in URL and payload do not match",
-            O::WHAT
+            "{} {} in URL and payload do not match",
+            O::WHAT,
+            O::KEY
         )));
     }
     *given = id;
@@ -734,6 +761,236 @@ async fn role_list(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) ->
         return Err(unexpected("a role list", &resp.result));
     };
     Ok(query_json(&st, &params, &resp.meta, v))
+}
+
+/// An auth method as `PUT /v1/acl/auth-method` takes it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+struct AuthMethodBody {
+    name: String,
+    #[serde(rename = "Type")]
+    kind: String,
+    display_name: String,
+    description: String,
+    #[serde(rename = "MaxTokenTTL")]
+    max_token_ttl: Option<Value>,
+    token_locality: String,
+    config: Value,
+    create_index: u64,
+    modify_index: u64,
+}
+
+impl Object for AuthMethod {
+    type Body = AuthMethodBody;
+    const WHAT: &'static str = "AuthMethod";
+    const KEY: &'static str = "Name";
+    fn body_id(b: &mut AuthMethodBody) -> &mut String {
+        &mut b.name
+    }
+    fn of_body(b: AuthMethodBody) -> Result<Self, ApiError> {
+        let bad = |m: &str| ApiError::internal(format!("Invalid Auth Method: {m}"));
+        if b.name.is_empty() {
+            return Err(bad("no Name is set"));
+        }
+        if !cairn_shared::acl::valid_name(&b.name) {
+            return Err(bad(
+                "invalid Name. Only alphanumeric characters, '-' and '_' are allowed",
+            ));
+        }
+        if !matches!(b.token_locality.as_str(), "" | "local" | "global") {
+            return Err(bad("TokenLocality should be one of 'local' or 'global'"));
+        }
+        let ttl = match &b.max_token_ttl {
+            None | Some(Value::Null) => Duration::ZERO,
+            Some(Value::String(s)) if s.is_empty() => Duration::ZERO,
+            Some(Value::String(s)) => cairn_shared::duration::parse(s)
+                .map_err(|e| ApiError::bad_request(format!("AuthMethod decoding failed: {e}")))?,
+            Some(Value::Number(n)) => Duration::from_nanos(n.as_u64().unwrap_or(0)),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "AuthMethod decoding failed: invalid duration {other}"
+                )));
+            }
+        };
+        if !ttl.is_zero() && ttl < MIN_TTL {
+            return Err(bad("MaxTokenTTL cannot be less than 1m0s"));
+        }
+        if ttl > MAX_TTL {
+            return Err(bad("MaxTokenTTL cannot be more than 24h0m0s"));
+        }
+        Ok(AuthMethod {
+            name: b.name,
+            kind: b.kind,
+            display_name: b.display_name,
+            description: b.description,
+            max_token_ttl: if ttl.is_zero() {
+                String::new()
+            } else {
+                cairn_shared::duration::format(ttl)
+            },
+            token_locality: b.token_locality,
+            config: b.config,
+            ..AuthMethod::default()
+        })
+    }
+    fn set(self, create: bool) -> AclOp {
+        AclOp::AuthMethodSet {
+            method: Box::new(self),
+            create,
+        }
+    }
+    fn delete(name: String) -> AclOp {
+        AclOp::AuthMethodDelete { name }
+    }
+    fn find(name: String, _: bool) -> Query {
+        Query::AclAuthMethod { name }
+    }
+    fn written(r: WriteResult) -> Option<Self> {
+        match r {
+            WriteResult::AclAuthMethod(m) => Some(*m),
+            _ => None,
+        }
+    }
+    fn found(r: QueryResult) -> Option<Vec<Self>> {
+        match r {
+            QueryResult::AclAuthMethods(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// A binding rule as `PUT /v1/acl/binding-rule` takes it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+struct BindingRuleBody {
+    #[serde(rename = "ID")]
+    id: String,
+    description: String,
+    auth_method: String,
+    selector: String,
+    bind_type: String,
+    bind_name: String,
+    bind_vars: Option<TemplateVariables>,
+    create_index: u64,
+    modify_index: u64,
+}
+
+impl Object for BindingRule {
+    type Body = BindingRuleBody;
+    const WHAT: &'static str = "BindingRule";
+    fn body_id(b: &mut BindingRuleBody) -> &mut String {
+        &mut b.id
+    }
+    fn of_body(b: BindingRuleBody) -> Result<Self, ApiError> {
+        if !b.id.is_empty() && !cairn_shared::acl::is_uuid(&b.id) {
+            return Err(ApiError::internal(
+                "Invalid Binding Rule: ID is not a valid UUID",
+            ));
+        }
+        Ok(BindingRule {
+            id: b.id,
+            description: b.description,
+            auth_method: b.auth_method,
+            selector: b.selector,
+            bind_type: b.bind_type,
+            bind_name: b.bind_name,
+            bind_vars: b.bind_vars,
+            ..BindingRule::default()
+        })
+    }
+    fn set(self, create: bool) -> AclOp {
+        AclOp::BindingRuleSet {
+            rule: Box::new(self),
+            create,
+        }
+    }
+    fn delete(id: String) -> AclOp {
+        AclOp::BindingRuleDelete { id }
+    }
+    fn find(id: String, _: bool) -> Query {
+        Query::AclBindingRule { id }
+    }
+    fn written(r: WriteResult) -> Option<Self> {
+        match r {
+            WriteResult::AclBindingRule(r) => Some(*r),
+            _ => None,
+        }
+    }
+    fn found(r: QueryResult) -> Option<Vec<Self>> {
+        match r {
+            QueryResult::AclBindingRules(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+async fn auth_method_list(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    enabled(&st)?;
+    let (params, resp) = read(&st, &uri, &headers, Query::AclAuthMethods).await?;
+    let QueryResult::AclAuthMethods(v) = &resp.result else {
+        return Err(unexpected("an auth method list", &resp.result));
+    };
+    // Consul lists stubs, without the settings.
+    let listed: Vec<Value> = v
+        .iter()
+        .map(|m| {
+            let mut j = serde_json::to_value(m).unwrap_or(Value::Null);
+            if let Value::Object(o) = &mut j {
+                o.remove("Config");
+            }
+            j
+        })
+        .collect();
+    Ok(query_json(&st, &params, &resp.meta, &listed))
+}
+
+async fn binding_rule_list(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    enabled(&st)?;
+    let p = Params::parse(uri.query());
+    let query = Query::AclBindingRules {
+        auth_method: p.value("authmethod").unwrap_or_default().to_string(),
+    };
+    let (params, resp) = read(&st, &uri, &headers, query).await?;
+    let QueryResult::AclBindingRules(v) = &resp.result else {
+        return Err(unexpected("a binding rule list", &resp.result));
+    };
+    Ok(query_json(&st, &params, &resp.meta, v))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+struct LoginBody {
+    auth_method: String,
+    bearer_token: String,
+    meta: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST /v1/acl/login`: a bearer token for a new ACL token. Needs no token of its own.
+async fn login(State(st): State<HttpState>, req: Request) -> ApiResult {
+    enabled(&st)?;
+    let (uri, headers) = (req.uri().clone(), req.headers().clone());
+    let b: LoginBody = body(&st, req, "Login").await?;
+    let params = Params::parse(uri.query());
+    let op = AclOp::Login {
+        auth_method: b.auth_method,
+        bearer_token: b.bearer_token,
+        meta: b.meta,
+    };
+    match write(&st, &uri, &headers, op).await? {
+        WriteResult::AclToken(t) => Ok(json(&st, &params, StatusCode::OK, &*t)),
+        other => Err(ApiError::internal(format!(
+            "unexpected answer to a login: {other:?}"
+        ))),
+    }
+}
+
+/// `POST /v1/acl/logout`: deletes the request's own token, if a login made it.
+async fn logout(State(st): State<HttpState>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    enabled(&st)?;
+    let params = Params::parse(uri.query());
+    let secret = params.query_options(&headers)?.token;
+    write(&st, &uri, &headers, AclOp::Logout { secret }).await?;
+    Ok(json(&st, &params, StatusCode::OK, &true))
 }
 
 /// `PUT /v1/agent/token/:type` with `{"Token": "..."}`: needs `acl:write`.

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cairn_shared::acl::{
-    ACL_NOT_FOUND, ANONYMOUS_ACCESSOR, ANONYMOUS_SECRET, Access, Authorizer, Identity,
+    ACL_NOT_FOUND, ANONYMOUS_ACCESSOR, ANONYMOUS_SECRET, Access, Authorizer, Identity, Link,
     MANAGEMENT_POLICY_ID, MANAGEMENT_POLICY_NAME, PERMISSION_DENIED, Policy, Resource, Token,
 };
 use cairn_shared::api::{HealthCheck, KvVerb, PreparedQuery, ServiceEntry, TxnOp};
@@ -182,8 +182,12 @@ impl Server {
         if !self.acl_enabled() {
             return Ok(());
         }
-        // Bootstrap is how the first token comes to be: it needs none.
-        if matches!(op, WriteOp::Acl(AclOp::Bootstrap { .. })) {
+        // Bootstrap is how the first token comes to be: it needs none. A login proves
+        // itself with its bearer token, a logout with the token it ends.
+        if matches!(
+            op,
+            WriteOp::Acl(AclOp::Bootstrap { .. } | AclOp::Login { .. } | AclOp::Logout { .. })
+        ) {
             return Ok(());
         }
         let a = self.authorizer(token)?;
@@ -320,7 +324,11 @@ impl Server {
             | Query::AclPolicies
             | Query::AclPolicy { .. }
             | Query::AclRoles { .. }
-            | Query::AclRole { .. } => need(acl()),
+            | Query::AclRole { .. }
+            | Query::AclAuthMethods
+            | Query::AclAuthMethod { .. }
+            | Query::AclBindingRules { .. }
+            | Query::AclBindingRule { .. } => need(acl()),
             // Any valid token may read itself and what it may do.
             // As Consul: replication status needs no token.
             Query::AclTokenSelf | Query::AclResolve | Query::AclReplication => Ok(()),
@@ -508,6 +516,8 @@ impl Server {
             | QueryResult::AutopilotConfiguration(_)
             | QueryResult::AclPolicies(_)
             | QueryResult::AclRoles(_)
+            | QueryResult::AclAuthMethods(_)
+            | QueryResult::AclBindingRules(_)
             | QueryResult::AclIdentity(_)
             | QueryResult::AclReplication(_) => {}
         }
@@ -636,7 +646,158 @@ impl Server {
                 role.hash = hash_of(&(&role.name, &role.description, &role.policies));
                 AclOp::RoleSet { role, create }
             }
+            AclOp::AuthMethodSet { method, create } => {
+                super::login::JwtMethod::parse(&method)?;
+                AclOp::AuthMethodSet { method, create }
+            }
+            AclOp::BindingRuleSet { mut rule, create } => {
+                if rule.auth_method.is_empty() {
+                    return Err(RpcError::internal(
+                        "Invalid Binding Rule: no AuthMethod is set",
+                    ));
+                }
+                let method = self
+                    .inner
+                    .state
+                    .read(|s| s.acl().auth_method(&rule.auth_method).cloned())
+                    .ok_or_else(|| {
+                        RpcError::internal(format!(
+                            "Invalid Binding Rule: unknown AuthMethod {:?}",
+                            rule.auth_method
+                        ))
+                    })?;
+                super::login::check_rule(&rule, &method)?;
+                if create {
+                    rule.id = uuid::Uuid::new_v4().to_string();
+                }
+                AclOp::BindingRuleSet { rule, create }
+            }
+            AclOp::Login {
+                auth_method,
+                bearer_token,
+                meta,
+            } => {
+                let token = self.login(&auth_method, &bearer_token, &meta, now)?;
+                return self.prepare_acl(token);
+            }
+            AclOp::Logout { secret } => {
+                let token = self
+                    .inner
+                    .state
+                    .read(|s| s.acl().token_by_secret(&secret, now).cloned())
+                    .filter(|_| !secret.is_empty())
+                    .ok_or_else(|| RpcError::permission_denied(ACL_NOT_FOUND))?;
+                if token.auth_method.is_empty() {
+                    // Only a token a login made can log out.
+                    return Err(RpcError::permission_denied(PERMISSION_DENIED));
+                }
+                AclOp::TokenDelete {
+                    accessor_id: token.accessor_id,
+                }
+            }
             other => other,
+        })
+    }
+
+    /// The token a login with `bearer` against `method_name` gets, as the write that
+    /// creates it; refused as Consul refuses it.
+    fn login(
+        &self,
+        method_name: &str,
+        bearer: &str,
+        meta: &std::collections::BTreeMap<String, String>,
+        now: u64,
+    ) -> Result<AclOp, RpcError> {
+        let (method, rules) = self.inner.state.read(|s| {
+            let acl = s.acl();
+            let method = acl.auth_method(method_name).cloned();
+            let rules: Vec<_> = acl
+                .binding_rules()
+                .filter(|r| r.auth_method == method_name)
+                .cloned()
+                .collect();
+            (method, rules)
+        });
+        let method = method.ok_or_else(|| {
+            RpcError::permission_denied(format!(
+                "{ACL_NOT_FOUND}: auth method {method_name:?} not found"
+            ))
+        })?;
+        let verified = super::login::JwtMethod::parse(&method)?.verify(bearer, now / 1000)?;
+        let bound = super::login::bind(rules.iter(), &verified);
+        let global = method.token_locality == "global";
+        if global && self.acl_primary().is_some() {
+            return Err(RpcError::internal(
+                "creating global tokens via auth methods is only permitted in the primary datacenter",
+            ));
+        }
+        let dc = self.inner.config.datacenter.clone();
+        // Roles and policies are bound by name, and only those that exist.
+        let (roles, policies) = self.inner.state.read(|s| {
+            let acl = s.acl();
+            let link = |id: &String| Link {
+                id: id.clone(),
+                name: String::new(),
+            };
+            let roles: Vec<Link> = (bound.roles.iter())
+                .filter_map(|n| acl.role(n, true).map(|r| link(&r.id)))
+                .collect();
+            let policies: Vec<Link> = (bound.policies.iter())
+                .filter_map(|n| acl.policy(n, true).map(|p| link(&p.id)))
+                .collect();
+            (roles, policies)
+        });
+        if bound.services.is_empty()
+            && bound.nodes.is_empty()
+            && bound.templated.is_empty()
+            && roles.is_empty()
+            && policies.is_empty()
+        {
+            return Err(RpcError::permission_denied(PERMISSION_DENIED));
+        }
+        let mut description = "token created via login".to_string();
+        if !meta.is_empty() {
+            description.push_str(": ");
+            description.push_str(&serde_json::to_string(meta).unwrap_or_default());
+        }
+        let ttl = match method.max_token_ttl.as_str() {
+            "" => None,
+            t => Some(cairn_shared::duration::parse(t).map_err(|e| {
+                RpcError::internal(format!("Invalid Auth Method: MaxTokenTTL: {e}"))
+            })?),
+        }
+        .filter(|t| !t.is_zero());
+        let expires_ms = ttl.map(|t| now + t.as_millis() as u64);
+        let token = Token {
+            description,
+            policies,
+            roles,
+            service_identities: bound
+                .services
+                .into_iter()
+                .map(|service_name| cairn_shared::acl::ServiceIdentity {
+                    service_name,
+                    datacenters: Vec::new(),
+                })
+                .collect(),
+            node_identities: bound
+                .nodes
+                .into_iter()
+                .map(|node_name| cairn_shared::acl::NodeIdentity {
+                    node_name,
+                    datacenter: dc.clone(),
+                })
+                .collect(),
+            templated_policies: bound.templated,
+            local: !global,
+            expiration_time: expires_ms.map(rfc3339),
+            auth_method: method.name.clone(),
+            ..Token::default()
+        };
+        Ok(AclOp::TokenSet {
+            token: Box::new(token),
+            create: true,
+            expires_ms,
         })
     }
 
@@ -713,7 +874,7 @@ fn new_token(accessor: String, secret: String, description: &str, now: u64) -> T
         accessor_id: accessor,
         secret_id: secret,
         description: description.into(),
-        policies: vec![cairn_shared::acl::Link {
+        policies: vec![Link {
             id: MANAGEMENT_POLICY_ID.into(),
             name: MANAGEMENT_POLICY_NAME.into(),
         }],

@@ -57,8 +57,21 @@ impl Server {
             | AclOp::PolicyDelete { .. }
             | AclOp::RoleSet { .. }
             | AclOp::RoleDelete { .. } => true,
-            // The leader's own upkeep of what this datacenter holds.
-            AclOp::Init { .. } | AclOp::ReapExpired | AclOp::Replicate { .. } => false,
+            // A logout of a global token is the primary's to carry out.
+            AclOp::Logout { secret } => self
+                .inner
+                .state
+                .read(|s| s.acl().token_by_secret(secret, 0).is_some_and(|t| !t.local)),
+            // The leader's own upkeep of what this datacenter holds; auth methods, binding
+            // rules and the logins they allow are each datacenter's own, as in Consul.
+            AclOp::Init { .. }
+            | AclOp::ReapExpired
+            | AclOp::Replicate { .. }
+            | AclOp::AuthMethodSet { .. }
+            | AclOp::AuthMethodDelete { .. }
+            | AclOp::BindingRuleSet { .. }
+            | AclOp::BindingRuleDelete { .. }
+            | AclOp::Login { .. } => false,
         }
     }
 
@@ -165,6 +178,7 @@ impl Server {
             let q = Query::AclTokens {
                 policy: String::new(),
                 role: String::new(),
+                auth_method: String::new(),
             };
             match self.read_primary(primary, token, q).await? {
                 (i, QueryResult::AclTokens(v)) => {

@@ -10,6 +10,7 @@ mod acl;
 mod acl_replication;
 pub mod consensus;
 mod coordinates;
+mod login;
 mod prepared;
 pub mod reconcile;
 mod sessions;

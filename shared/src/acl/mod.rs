@@ -95,6 +95,83 @@ pub struct Token {
     pub hash: String,
     pub create_index: u64,
     pub modify_index: u64,
+    /// The auth method whose login made this token (`/v1/acl/login`); only such tokens
+    /// may log out.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub auth_method: String,
+}
+
+/// Consul's `ACLAuthMethod`: how `/v1/acl/login` checks a bearer token (Cairn knows the
+/// `jwt` type), and what the tokens it makes look like.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct AuthMethod {
+    pub name: String,
+    #[serde(rename = "Type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub display_name: String,
+    pub description: String,
+    /// A Go duration ("10m0s"); empty when tokens do not expire.
+    #[serde(
+        rename = "MaxTokenTTL",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub max_token_ttl: String,
+    /// `local` (the default) or `global`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token_locality: String,
+    /// The type's settings, kept as given (JSON text, so any encoding stores it).
+    #[serde(with = "json_text", default)]
+    pub config: serde_json::Value,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// Consul's `ACLBindingRule`: which logins of an auth method get what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct BindingRule {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub description: String,
+    pub auth_method: String,
+    /// A filter expression over the verified claims (`value.x`, `list.y`); empty matches all.
+    pub selector: String,
+    /// `service`, `node`, `role`, `policy` or `templated-policy`.
+    pub bind_type: String,
+    /// The name bound, with `${value.x}` filled in from the claims.
+    pub bind_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind_vars: Option<TemplateVariables>,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+/// A JSON value stored as its text: the state is MessagePack, which has no "any" type a
+/// snapshot could read back without knowing the shape.
+mod json_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &serde_json::Value, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            serde::Serialize::serialize(v, s)
+        } else {
+            s.serialize_str(&v.to_string())
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<serde_json::Value, D::Error> {
+        if d.is_human_readable() {
+            serde_json::Value::deserialize(d)
+        } else {
+            let text = String::deserialize(d)?;
+            serde_json::from_str(&text).map_err(serde::de::Error::custom)
+        }
+    }
 }
 
 /// Consul's `ACLPolicy`.

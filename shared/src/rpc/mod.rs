@@ -230,10 +230,13 @@ pub enum Query {
     },
     /// `/v1/acl/replication`, answered by the leader.
     AclReplication,
-    /// `/v1/acl/tokens`, narrowed to tokens linking a policy or role (by ID) when given.
+    /// `/v1/acl/tokens`, narrowed to tokens linking a policy or role (by ID), or made by
+    /// an auth method's logins, when given.
     AclTokens {
         policy: String,
         role: String,
+        #[serde(default)]
+        auth_method: String,
     },
     /// One token by accessor ID; not found is an empty list.
     AclToken {
@@ -257,6 +260,19 @@ pub enum Query {
     },
     /// What the request's token resolves to, for a client agent's own checks.
     AclResolve,
+    /// `/v1/acl/auth-methods`.
+    AclAuthMethods,
+    /// One auth method by name; not found is an empty list.
+    AclAuthMethod {
+        name: String,
+    },
+    /// `/v1/acl/binding-rules`, narrowed to one auth method's when given.
+    AclBindingRules {
+        auth_method: String,
+    },
+    AclBindingRule {
+        id: String,
+    },
 }
 
 /// The narrowing every list read accepts: `?tag` (all required, case-insensitive),
@@ -302,6 +318,8 @@ pub enum QueryResult {
     AclPolicies(Vec<crate::acl::Policy>),
     AclRoles(Vec<crate::acl::Role>),
     AclIdentity(crate::acl::Identity),
+    AclAuthMethods(Vec<crate::acl::AuthMethod>),
+    AclBindingRules(Vec<crate::acl::BindingRule>),
     AclReplication(AclReplicationStatus),
 }
 
@@ -465,6 +483,33 @@ pub enum AclOp {
     },
     /// The leader's reaper: deletes tokens expired at the command's time.
     ReapExpired,
+    /// Create or update an auth method (by name; its type cannot change).
+    AuthMethodSet {
+        method: Box<crate::acl::AuthMethod>,
+        create: bool,
+    },
+    /// Deletes an auth method with its binding rules and the tokens its logins made.
+    AuthMethodDelete {
+        name: String,
+    },
+    BindingRuleSet {
+        rule: Box<crate::acl::BindingRule>,
+        create: bool,
+    },
+    BindingRuleDelete {
+        id: String,
+    },
+    /// `/v1/acl/login`: the leader checks the bearer token against the auth method and
+    /// its binding rules and logs the token that results as a [`AclOp::TokenSet`].
+    Login {
+        auth_method: String,
+        bearer_token: String,
+        meta: BTreeMap<String, String>,
+    },
+    /// `/v1/acl/logout`: deletes the token with this secret if a login made it.
+    Logout {
+        secret: String,
+    },
     /// A secondary datacenter's leader stores what the primary holds: its policies and
     /// roles, and (with token replication) its global tokens, each with its expiry.
     /// Local tokens stay as they are.
@@ -513,6 +558,8 @@ pub enum WriteResult {
     AclToken(Box<crate::acl::Token>),
     AclPolicy(Box<crate::acl::Policy>),
     AclRole(Box<crate::acl::Role>),
+    AclAuthMethod(Box<crate::acl::AuthMethod>),
+    AclBindingRule(Box<crate::acl::BindingRule>),
 }
 
 /// How a request failed; each kind maps to the HTTP status Consul gives.
