@@ -337,6 +337,12 @@ def check_acl(binary):
     try:
         me = c.acl.token.read_self()
         assert me["Policies"][0]["Name"] == "global-management", me
+        # initial_management used up the bootstrap, as Consul's does.
+        try:
+            anon.acl.bootstrap()
+            raise AssertionError("a second bootstrap must be refused")
+        except consul.ACLPermissionDenied as e:
+            assert "ACL bootstrap no longer allowed" in str(e), e
         try:
             anon.kv.put("py/x", "1")
             raise AssertionError("an anonymous write must be refused")

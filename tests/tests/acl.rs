@@ -1622,3 +1622,82 @@ async fn jwt_logins_get_what_binding_rules_bind() {
     assert_eq!(r.status, 403, "{}", r.text);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Anti-entropy syncs a service with the token it was registered with, not the agent's:
+/// an agent token that may only write nodes still gets `web`, registered with a token for
+/// `web`, into the catalog and out of it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn services_sync_with_the_token_they_were_registered_with() {
+    let (agent, dir) = deny_agent(json!({})).await;
+    let token_for = |name: &'static str, rules: &'static str| {
+        let agent = &agent;
+        async move {
+            let p = call(
+                agent,
+                "PUT",
+                "/v1/acl/policy",
+                MGMT,
+                Some(json!({"Name": name, "Rules": rules})),
+            )
+            .await;
+            assert_eq!(p.status, 200, "{}", p.text);
+            let t = call(
+                agent,
+                "PUT",
+                "/v1/acl/token",
+                MGMT,
+                Some(json!({"Policies": [{"Name": name}]})),
+            )
+            .await;
+            t.json()["SecretID"].as_str().unwrap().to_string()
+        }
+    };
+    let node_only = token_for("node-only", "node_prefix \"\" { policy = \"write\" }").await;
+    let web = token_for("web-write", "service \"web\" { policy = \"write\" }").await;
+    let set = call(
+        &agent,
+        "PUT",
+        "/v1/agent/token/agent",
+        MGMT,
+        Some(json!({"Token": node_only})),
+    )
+    .await;
+    assert_eq!(set.status, 200, "{}", set.text);
+    let reg = call(
+        &agent,
+        "PUT",
+        "/v1/agent/service/register",
+        &web,
+        Some(json!({"Name": "web", "Port": 80})),
+    )
+    .await;
+    assert_eq!(reg.status, 200, "{}", reg.text);
+    let count = || async {
+        let r = call(&agent, "GET", "/v1/catalog/service/web", MGMT, None).await;
+        r.json().as_array().map_or(0, Vec::len)
+    };
+    eventually(
+        Duration::from_secs(10),
+        "web synced with its own token",
+        || async { (count().await == 1).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let dereg = call(
+        &agent,
+        "PUT",
+        "/v1/agent/service/deregister/web",
+        &web,
+        None,
+    )
+    .await;
+    assert_eq!(dereg.status, 200, "{}", dereg.text);
+    eventually(
+        Duration::from_secs(10),
+        "web removed with its own token",
+        || async { (count().await == 0).then_some(()) },
+    )
+    .await
+    .unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -90,6 +90,9 @@ pub struct SyncPlan {
     pub deregister_checks: Vec<(String, u64)>,
     /// When the next deferred output change becomes due.
     pub next_deferred: Option<Instant>,
+    /// The token each planned service and check was registered with (empty: none).
+    pub service_tokens: BTreeMap<String, String>,
+    pub check_tokens: BTreeMap<String, String>,
 }
 
 impl SyncPlan {
@@ -276,6 +279,7 @@ impl LocalState {
             if s.in_sync() {
                 continue;
             }
+            plan.service_tokens.insert(id.clone(), s.token.clone());
             if s.deleted {
                 plan.deregister_services.push((id.clone(), s.generation));
                 continue;
@@ -300,6 +304,7 @@ impl LocalState {
                     .get(&c.check.service_id)
                     .is_some_and(|s| s.deleted && !s.in_sync());
                 if !with_service {
+                    plan.check_tokens.insert(id.clone(), c.token.clone());
                     plan.deregister_checks.push((id.clone(), c.generation));
                 }
                 continue;
@@ -317,6 +322,7 @@ impl LocalState {
                 plan.next_deferred = Some(plan.next_deferred.map_or(at, |n| n.min(at)));
                 continue;
             }
+            plan.check_tokens.insert(id.clone(), c.token.clone());
             plan.checks.push((c.check.clone(), c.generation));
         }
         plan

@@ -42,16 +42,30 @@ pub struct AntiEntropy {
     pub node: NodeInfo,
     /// How often to compare with the catalog in full.
     pub sync_interval: Duration,
-    /// Its writes carry the agent's token.
+    /// The node's writes carry the agent's token; a service's or check's, the token it
+    /// was registered with (the agent's when it had none), as Consul syncs them.
     pub acl: Arc<crate::acl::AgentAcl>,
 }
 
 impl AntiEntropy {
-    fn register(&self, service: Option<NodeService>, checks: Vec<HealthCheck>) -> WriteRequest {
+    /// The token a planned entry syncs with.
+    fn token_of(&self, tokens: &BTreeMap<String, String>, id: &str) -> String {
+        match tokens.get(id) {
+            Some(t) if !t.is_empty() => t.clone(),
+            _ => self.acl.agent_token(),
+        }
+    }
+
+    fn register(
+        &self,
+        service: Option<NodeService>,
+        checks: Vec<HealthCheck>,
+        token: String,
+    ) -> WriteRequest {
         let n = &self.node;
         WriteRequest {
             datacenter: String::new(),
-            token: self.acl.agent_token(),
+            token,
             op: WriteOp::CatalogRegister(Box::new(RegisterRequest {
                 id: n.id.clone(),
                 node: n.node.clone(),
@@ -67,10 +81,10 @@ impl AntiEntropy {
         }
     }
 
-    fn deregister(&self, service_id: &str, check_id: &str) -> WriteRequest {
+    fn deregister(&self, service_id: &str, check_id: &str, token: String) -> WriteRequest {
         WriteRequest {
             datacenter: String::new(),
-            token: self.acl.agent_token(),
+            token,
             op: WriteOp::CatalogDeregister(DeregisterRequest {
                 node: self.node.node.clone(),
                 datacenter: String::new(),
@@ -83,19 +97,25 @@ impl AntiEntropy {
     /// Pushes every pending change; returns when the next deferred change is due.
     pub async fn sync_changes(&self) -> Result<Option<Instant>, RpcError> {
         let plan = self.state.plan(Instant::now());
+        let service_token = |id: &str| self.token_of(&plan.service_tokens, id);
+        let check_token = |id: &str| self.token_of(&plan.check_tokens, id);
         for (id, generation) in &plan.deregister_services {
-            self.rpc.write(self.deregister(id, "")).await?;
+            self.rpc
+                .write(self.deregister(id, "", service_token(id)))
+                .await?;
             self.state.service_synced(id, *generation);
             tracing::info!(service = %id, "Deregistered service");
         }
         for (id, generation) in &plan.deregister_checks {
-            self.rpc.write(self.deregister("", id)).await?;
+            self.rpc
+                .write(self.deregister("", id, check_token(id)))
+                .await?;
             self.state.check_synced(id, *generation);
         }
         for (svc, generation, checks) in &plan.services {
             let list = checks.iter().map(|(c, _)| c.clone()).collect();
             self.rpc
-                .write(self.register(Some(svc.clone()), list))
+                .write(self.register(Some(svc.clone()), list, service_token(&svc.id)))
                 .await?;
             self.state.service_synced(&svc.id, *generation);
             tracing::info!(service = %svc.id, "Synced service");
@@ -105,7 +125,7 @@ impl AntiEntropy {
         }
         for (check, generation) in &plan.checks {
             self.rpc
-                .write(self.register(None, vec![check.clone()]))
+                .write(self.register(None, vec![check.clone()], check_token(&check.check_id)))
                 .await?;
             self.state.check_synced(&check.check_id, *generation);
             tracing::debug!(check = %check.check_id, "Synced check");
@@ -116,7 +136,7 @@ impl AntiEntropy {
     /// Compares the catalog with the local state and removes what the agent does not own.
     pub async fn full_sync(&self) -> Result<(), RpcError> {
         // Make sure the node exists and is current before comparing.
-        let mut node = self.register(None, Vec::new());
+        let mut node = self.register(None, Vec::new(), self.acl.agent_token());
         if let WriteOp::CatalogRegister(r) = &mut node.op {
             r.skip_node_update = false;
         }
@@ -152,11 +172,14 @@ impl AntiEntropy {
         let (stale_services, stale_checks) =
             self.state
                 .reconcile(&services, &checks, KEEP_SERVICES, KEEP_CHECKS);
+        // What the agent no longer owns has no token of its own left.
         for id in stale_services {
-            self.rpc.write(self.deregister(&id, "")).await?;
+            let token = self.acl.agent_token();
+            self.rpc.write(self.deregister(&id, "", token)).await?;
         }
         for id in stale_checks {
-            self.rpc.write(self.deregister("", &id)).await?;
+            let token = self.acl.agent_token();
+            self.rpc.write(self.deregister("", &id, token)).await?;
         }
         Ok(())
     }
