@@ -98,17 +98,27 @@ async fn deny_agent_with(extra: Value, dns: bool) -> (Agent, std::path::PathBuf)
     (opts.start().await.unwrap(), dir)
 }
 
-/// A new token that may read service `web` and every node.
-async fn web_reader(agent: &Agent) -> String {
-    let p = call(agent, "PUT", "/v1/acl/policy", MGMT, Some(json!({
-        "Name": "web-read",
-        "Rules": "service \"web\" { policy = \"read\" }\nnode_prefix \"\" { policy = \"read\" }",
-    }))).await;
+/// A new token with one new policy `name` of `rules`.
+async fn token_with(agent: &Agent, name: &str, rules: &str) -> String {
+    let p = call(
+        agent,
+        "PUT",
+        "/v1/acl/policy",
+        MGMT,
+        Some(json!({"Name": name, "Rules": rules})),
+    )
+    .await;
     assert_eq!(p.status, 200, "{}", p.text);
-    let body = json!({"Policies": [{"Name": "web-read"}]});
+    let body = json!({"Policies": [{"Name": name}]});
     let t = call(agent, "PUT", "/v1/acl/token", MGMT, Some(body)).await;
     assert_eq!(t.status, 200, "{}", t.text);
     t.json()["SecretID"].as_str().unwrap().to_string()
+}
+
+/// A new token that may read service `web` and every node.
+async fn web_reader(agent: &Agent) -> String {
+    let rules = "service \"web\" { policy = \"read\" }\nnode_prefix \"\" { policy = \"read\" }";
+    token_with(agent, "web-read", rules).await
 }
 
 /// Waits until `token` sees one instance of `web` in the catalog.
@@ -1629,31 +1639,18 @@ async fn jwt_logins_get_what_binding_rules_bind() {
 #[tokio::test(flavor = "multi_thread")]
 async fn services_sync_with_the_token_they_were_registered_with() {
     let (agent, dir) = deny_agent(json!({})).await;
-    let token_for = |name: &'static str, rules: &'static str| {
-        let agent = &agent;
-        async move {
-            let p = call(
-                agent,
-                "PUT",
-                "/v1/acl/policy",
-                MGMT,
-                Some(json!({"Name": name, "Rules": rules})),
-            )
-            .await;
-            assert_eq!(p.status, 200, "{}", p.text);
-            let t = call(
-                agent,
-                "PUT",
-                "/v1/acl/token",
-                MGMT,
-                Some(json!({"Policies": [{"Name": name}]})),
-            )
-            .await;
-            t.json()["SecretID"].as_str().unwrap().to_string()
-        }
-    };
-    let node_only = token_for("node-only", "node_prefix \"\" { policy = \"write\" }").await;
-    let web = token_for("web-write", "service \"web\" { policy = \"write\" }").await;
+    let node_only = token_with(
+        &agent,
+        "node-only",
+        "node_prefix \"\" { policy = \"write\" }",
+    )
+    .await;
+    let web = token_with(
+        &agent,
+        "web-write",
+        "service \"web\" { policy = \"write\" }",
+    )
+    .await;
     let set = call(
         &agent,
         "PUT",
