@@ -5,9 +5,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use cairn_tests::federation::Certs;
-use cairn_tests::{AgentOpts, free_port, stderr, stdout};
+use cairn_tests::{AgentOpts, eventually, free_port, stderr, stdout};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -26,11 +27,13 @@ async fn the_api_answers_over_https_to_clients_with_a_certificate() {
         .start()
         .await
         .unwrap();
-    assert!(
-        agent.log_text().contains(&format!("HTTPS: {port}")),
-        "{}",
-        agent.log_text()
-    );
+    // The banner is printed once start-up returns, which can be after HTTP answers.
+    let banner = format!("HTTPS: {port}");
+    let printed = eventually(Duration::from_secs(10), "the banner names HTTPS", || async {
+        agent.log_text().contains(&banner).then_some(())
+    })
+    .await;
+    assert!(printed.is_ok(), "{}", agent.log_text());
     let https = format!("https://127.0.0.1:{port}");
     let ca = format!("-ca-file={}", certs.ca().display());
     let cc = format!("-client-cert={}", client_cert.display());
