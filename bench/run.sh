@@ -12,6 +12,8 @@
 #   bash bench/run.sh wan    # a KV read in dc2 directly vs the same read from dc1 (?dc=dc2) through
 #                            # one WAN router per side, at 1, 16, 64 clients, with cross/in-DC ratios;
 #                            # then a prepared query executed locally vs after one failover
+#   bash bench/run.sh blocking  # WATCHERS (10000) idle blocking queries on a dev agent: RSS per query,
+#                            # wake-up p50/p99 of one write to their key, RSS after they close
 #   bash bench/run.sh all    # everything (default)
 #
 # Optional peers and tools: `apt-get install etcd-server dnsperf`. Set SECONDS_PER_RUN to
@@ -287,6 +289,14 @@ PY
   done
 }
 
+# Idle blocking queries: what each costs the agent in memory, whether it is given back,
+# and how fast one write wakes every watcher of its key (and no other).
+bench_blocking() {
+  local n=${WATCHERS:-10000}
+  echo "== $n idle blocking queries on one dev agent"
+  "$bench" blocking "127.0.0.1:$http_port" --pid "${pids[-1]}" --watchers "$n"
+}
+
 if [ "$what" = raft ]; then
   bench_raft
   exit 0
@@ -295,12 +305,15 @@ if [ "$what" = wan ]; then
   bench_wan
   exit 0
 fi
+# The agent and the load generator hold one socket per blocking query.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 start_cairn
 case "$what" in
   dns) register_web; bench_dns ;;
   http) register_web; bench_http ;;
   kv) bench_kv ;;
   acl) bench_acl ;;
-  all) register_web; bench_dns; bench_http; bench_kv; bench_acl ;;
-  *) echo "usage: $0 [dns|http|kv|acl|raft|wan|all]"; exit 2 ;;
+  blocking) bench_blocking ;;
+  all) register_web; bench_dns; bench_http; bench_kv; bench_acl; bench_blocking ;;
+  *) echo "usage: $0 [dns|http|kv|acl|blocking|raft|wan|all]"; exit 2 ;;
 esac

@@ -4,6 +4,8 @@
 //!   gateway with `--etcd`), at a given concurrency.
 //! - `http`: GETs of one path (e.g. `/v1/health/service/web?passing`).
 //! - `dns`: UDP queries for one name.
+//! - `blocking`: many idle blocking queries on one key, the agent's RSS per query, the
+//!   wake-up latency of a write to that key, and the RSS after they close.
 //!
 //! Each prints one line: operations, throughput and p50/p99 latency. `bench/run.sh` starts
 //! the systems under test and drives these; see its header for the figures it prints.
@@ -44,6 +46,14 @@ enum What {
     },
     /// GET http://ADDR/PATH repeatedly
     Http { addr: String, path: String },
+    /// Idle blocking queries against http://ADDR (the agent's PID, for its RSS)
+    Blocking {
+        addr: SocketAddr,
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, default_value_t = 10_000)]
+        watchers: usize,
+    },
     /// UDP DNS queries to ADDR for NAME
     Dns {
         addr: SocketAddr,
@@ -221,6 +231,120 @@ async fn dns(cli: &Cli, addr: SocketAddr, name: &str, qtype: &str) -> anyhow::Re
     Ok(())
 }
 
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+/// A raw HTTP/1.1 GET whose answer is awaited by reading the socket, so thousands of
+/// them cost the client one socket each and nothing else.
+async fn open_blocking(addr: SocketAddr, path: &str) -> anyhow::Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    Ok(s)
+}
+
+async fn blocking(addr: SocketAddr, pid: u32, watchers: usize) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let http = client(1)?;
+    // A new value each time: a write of the same value changes no index, as in Consul.
+    let put = |key: &'static str| {
+        let http = http.clone();
+        let value = format!("{:?}", Instant::now());
+        async move {
+            http.put(format!("http://{addr}/v1/kv/{key}"))
+                .body(value)
+                .send()
+                .await?
+                .error_for_status()?;
+            anyhow::Ok(())
+        }
+    };
+    put("bench/watched").await?;
+    put("bench/other").await?;
+    let index_of = |key: &'static str| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(format!("http://{addr}/v1/kv/{key}"))
+                .send()
+                .await?;
+            r.headers()
+                .get("x-consul-index")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .context("no X-Consul-Index")
+        }
+    };
+    let (watched, other) = (
+        index_of("bench/watched").await?,
+        index_of("bench/other").await?,
+    );
+    let before = rss_kib(pid)?;
+    // A tenth watch another key: the write must not wake them.
+    let others = watchers / 10;
+    let mut socks = Vec::with_capacity(watchers);
+    for i in 0..watchers {
+        let (key, index) = if i < others {
+            ("other", other)
+        } else {
+            ("watched", watched)
+        };
+        let path = format!("/v1/kv/bench/{key}?index={index}&wait=5m");
+        socks.push(open_blocking(addr, &path).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = rss_kib(pid)?;
+    let per = (idle.saturating_sub(before)) as f64 / watchers as f64;
+    println!(
+        "blocking idle: {watchers} queries, agent RSS {before} KiB -> {idle} KiB, {per:.1} KiB per query"
+    );
+    let mut tasks = Vec::new();
+    for (i, mut s) in socks.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut byte = [0u8; 1];
+            let wait = Duration::from_secs(if i < others { 2 } else { 30 });
+            let woke = matches!(
+                tokio::time::timeout(wait, s.read(&mut byte)).await,
+                Ok(Ok(1))
+            );
+            (i < others, woke.then(Instant::now))
+        }));
+    }
+    // Every watcher is reading before the write is sent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = Instant::now();
+    put("bench/watched").await?;
+    let mut wakeups = Stats::default();
+    let mut wrong = 0;
+    for t in tasks {
+        match t.await? {
+            (true, Some(_)) => wrong += 1,
+            (false, Some(at)) => {
+                wakeups.ok += 1;
+                wakeups.micros.push((at - start).as_micros() as u64);
+            }
+            (false, None) => wakeups.errors += 1,
+            (true, None) => {}
+        }
+    }
+    let woken = wakeups.ok;
+    wakeups.report(
+        &format!("blocking wake-up of {woken} watchers of one key ({wrong} of {others} on another key woke)"),
+        start.elapsed(),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_kib(pid)?;
+    println!("blocking closed: agent RSS {after} KiB ({before} KiB before the queries)");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -232,5 +356,10 @@ async fn main() -> anyhow::Result<()> {
         } => kv(&cli, addr, *etcd, *value_size).await,
         What::Http { addr, path } => http_reads(&cli, addr, path).await,
         What::Dns { addr, name, qtype } => dns(&cli, *addr, name, qtype).await,
+        What::Blocking {
+            addr,
+            pid,
+            watchers,
+        } => blocking(*addr, *pid, *watchers).await,
     }
 }

@@ -300,6 +300,7 @@ async fn start_parts(
             Arc::new(RpcClient::default().with_tls(rpc_tls.client.clone())),
         )),
     };
+    tasks.spawn(crate::memory::release_loop(shutdown.clone()));
     let rejoin: Vec<String> = known.into_values().collect();
     join_at_start(&config, rejoin, &gossip, &tasks, &shutdown, &fatal).await?;
     tasks.spawn(send_coordinates(

@@ -10,7 +10,8 @@
 //!   [`health`] runs their checks.
 //! - [`cli`]: the subcommands, each a client of an agent's HTTP API (except `agent`).
 //! - [`filter`]: Consul's `?filter=` expressions.
-//! - [`telemetry`], [`logs`] (the log `/v1/agent/monitor` streams), [`clock`], [`config`],
+//! - [`telemetry`], [`logs`] (the log `/v1/agent/monitor` streams), [`memory`] (freed heap
+//!   back to the system), [`clock`], [`config`],
 //!   [`version`]: support.
 //!
 //! `main.rs` only parses arguments and hands over to [`cli::run`].
@@ -29,6 +30,7 @@ pub mod health;
 pub mod http;
 pub mod local;
 pub mod logs;
+pub mod memory;
 pub mod raft;
 pub mod rpc;
 pub mod server;

@@ -29,9 +29,11 @@ async fn the_api_answers_over_https_to_clients_with_a_certificate() {
         .unwrap();
     // The banner is printed once start-up returns, which can be after HTTP answers.
     let banner = format!("HTTPS: {port}");
-    let printed = eventually(Duration::from_secs(10), "the banner names HTTPS", || async {
-        agent.log_text().contains(&banner).then_some(())
-    })
+    let printed = eventually(
+        Duration::from_secs(10),
+        "the banner names HTTPS",
+        || async { agent.log_text().contains(&banner).then_some(()) },
+    )
     .await;
     assert!(printed.is_ok(), "{}", agent.log_text());
     let https = format!("https://127.0.0.1:{port}");
