@@ -1614,6 +1614,50 @@ async fn jwt_logins_get_what_binding_rules_bind() {
     let r = call(&agent, "GET", "/v1/acl/token/self", &secret, None).await;
     assert_eq!((r.status, r.text.as_str()), (403, "ACL not found"));
 
+    // The CLI: `cairn login` writes the secret to the sink, `cairn logout` ends it.
+    let bearer = dir.join("bearer.jwt");
+    let sink = dir.join("token");
+    std::fs::write(&bearer, jwt(&key, "web", &["dev"], 300)).unwrap();
+    let out = agent
+        .cli()
+        .args(["login", "-method=ci-jwt", "-meta", "via=cli"])
+        .arg(format!("-bearer-token-file={}", bearer.display()))
+        .arg(format!("-token-sink-file={}", sink.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", cairn_tests::stderr(&out));
+    let cli_secret = std::fs::read_to_string(&sink).unwrap();
+    let me = call(&agent, "GET", "/v1/acl/token/self", &cli_secret, None).await;
+    assert_eq!(
+        me.json()["Description"],
+        "token created via login: {\"via\":\"cli\"}"
+    );
+    let out = agent
+        .cli()
+        .args(["logout", &format!("-token={cli_secret}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", cairn_tests::stderr(&out));
+    let me = call(&agent, "GET", "/v1/acl/token/self", &cli_secret, None).await;
+    assert_eq!(me.status, 403);
+    let out = agent
+        .cli()
+        .args(["login", "-method=ci-jwt"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(cairn_tests::stderr(&out).contains("-bearer-token-file"));
+    let out = agent
+        .cli()
+        .args(["logout", &format!("-token={MGMT}")])
+        .output()
+        .unwrap();
+    assert!(
+        cairn_tests::stderr(&out).contains("403 (Permission denied)"),
+        "{}",
+        cairn_tests::stderr(&out)
+    );
+
     // Deleting the method takes its rules and the tokens its logins made.
     let again = call(
         &agent,

@@ -1,6 +1,7 @@
 //! `cairn acl bootstrap|token|policy|role ...`: Consul's ACL commands over `/v1/acl`, with
 //! its flags (`-policy-name`, `-service-identity web:dc1`, `-rules @file.hcl`, `-id` as a
-//! unique prefix) and its pretty output, or the API's JSON with `-format=json`.
+//! unique prefix) and its pretty output, or the API's JSON with `-format=json`; and
+//! `cairn login` / `cairn logout` (`/v1/acl/login`, `/v1/acl/logout`).
 
 use anyhow::{Context, bail};
 use clap::{ArgAction, Args, Subcommand};
@@ -228,6 +229,96 @@ pub async fn run(cmd: AclCommand) -> u8 {
         },
     };
     result.unwrap_or_else(|e| fail(format!("{e:#}")))
+}
+
+/// `cairn login -method NAME -bearer-token-file F -token-sink-file OUT [-meta k=v]`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    #[command(flatten)]
+    http: HttpFlags,
+    /// The auth method to log in with
+    #[arg(long, default_value = "")]
+    method: String,
+    /// A file holding the bearer token (a JWT)
+    #[arg(long = "bearer-token-file")]
+    bearer_token_file: Option<std::path::PathBuf>,
+    /// Where to write the new token's secret
+    #[arg(long = "token-sink-file")]
+    token_sink_file: Option<std::path::PathBuf>,
+    /// Metadata for the token, as key=value (repeatable)
+    #[arg(long, action = ArgAction::Append)]
+    meta: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogoutArgs {
+    #[command(flatten)]
+    http: HttpFlags,
+}
+
+pub async fn login(a: LoginArgs) -> u8 {
+    let run = async {
+        if a.method.is_empty() {
+            bail!("Missing required '-method' flag");
+        }
+        let Some(bearer_file) = &a.bearer_token_file else {
+            bail!("Missing required '-bearer-token-file' flag");
+        };
+        let Some(sink) = &a.token_sink_file else {
+            bail!("Missing required '-token-sink-file' flag");
+        };
+        let bearer = std::fs::read_to_string(bearer_file).with_context(|| {
+            format!("Error reading bearer token file {}", bearer_file.display())
+        })?;
+        let mut meta = Map::new();
+        for kv in &a.meta {
+            let Some((k, v)) = kv.split_once('=') else {
+                bail!("Metadata must be of the form 'key=value', got {kv:?}");
+            };
+            meta.insert(k.to_string(), Value::String(v.to_string()));
+        }
+        let client = Client::new(&a.http)?;
+        let body = json!({"AuthMethod": a.method, "BearerToken": bearer.trim(), "Meta": meta});
+        let r = client
+            .call(
+                Method::POST,
+                "/v1/acl/login",
+                &[],
+                Some(body.to_string().into_bytes()),
+            )
+            .await?;
+        if !r.status.is_success() {
+            bail!(
+                "Error logging in: Unexpected response code: {} ({})",
+                r.status.as_u16(),
+                r.text()
+            );
+        }
+        let token: Value = r.json()?;
+        let secret = token["SecretID"].as_str().unwrap_or_default();
+        std::fs::write(sink, secret)
+            .with_context(|| format!("Error writing token to file {}", sink.display()))?;
+        anyhow::Ok(0)
+    };
+    run.await.unwrap_or_else(|e| fail(format!("{e:#}")))
+}
+
+pub async fn logout(a: LogoutArgs) -> u8 {
+    let run = async {
+        let client = Client::new(&a.http)?;
+        let r = client
+            .call(Method::POST, "/v1/acl/logout", &[], None)
+            .await?;
+        if !r.status.is_success() {
+            bail!(
+                "Error destroying token: Unexpected response code: {} ({})",
+                r.status.as_u16(),
+                r.text()
+            );
+        }
+        anyhow::Ok(0)
+    };
+    run.await.unwrap_or_else(|e| fail(format!("{e:#}")))
 }
 
 /// What an ACL command acts on.

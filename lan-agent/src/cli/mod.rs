@@ -92,6 +92,10 @@ pub enum Command {
     /// Bootstrap ACLs; manage tokens, policies and roles
     #[command(subcommand)]
     Acl(Box<acl::AclCommand>),
+    /// Exchange an auth method's bearer token for an ACL token
+    Login(acl::LoginArgs),
+    /// Destroy the token a login made (the one given with -token)
+    Logout(acl::LogoutArgs),
     /// Create a CA and certificates for servers, clients and WAN routers
     #[command(subcommand)]
     Tls(tls::TlsCommand),
@@ -171,6 +175,8 @@ pub async fn run(cli: Cli) -> u8 {
         }
         Command::Tls(cmd) => tls::run(cmd),
         Command::Acl(cmd) => acl::run(*cmd).await,
+        Command::Login(a) => acl::login(a).await,
+        Command::Logout(a) => acl::logout(a).await,
         Command::Query(cmd) => query::run(cmd).await,
         Command::Version(args) => version(&args),
     }
