@@ -233,6 +233,21 @@ struct TokenBody {
 const MIN_TTL: Duration = Duration::from_secs(60);
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// A duration field as Consul's decoder takes it: a Go duration string or nanoseconds;
+/// absent, null or empty is none. `what` names the body in the error, as Consul's does.
+fn duration_field(v: &Option<Value>, what: &str) -> Result<Option<Duration>, ApiError> {
+    let bad = |reason: String| ApiError::bad_request(format!("{what} decoding failed: {reason}"));
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => cairn_shared::duration::parse(s)
+            .map(Some)
+            .map_err(|e| bad(e.to_string())),
+        Some(Value::Number(n)) => Ok(Some(Duration::from_nanos(n.as_u64().unwrap_or(0)))),
+        Some(other) => Err(bad(format!("invalid duration {other}"))),
+    }
+}
+
 /// Checks what Consul checks of a token before it asks the servers.
 fn token_of(body: TokenBody, create: bool, now_ms: u64) -> Result<(Token, Option<u64>), ApiError> {
     let bad = |m: &str| ApiError::internal(format!("Invalid Token: {m}"));
@@ -260,20 +275,7 @@ fn token_of(body: TokenBody, create: bool, now_ms: u64) -> Result<(Token, Option
         }
     }
     check_templated(&body.templated_policies, body.local).map_err(|e| bad(&e))?;
-    let ttl = match &body.expiration_ttl {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => Some(
-            cairn_shared::duration::parse(s)
-                .map_err(|e| ApiError::bad_request(format!("Token decoding failed: {e}")))?,
-        ),
-        Some(Value::Number(n)) => Some(Duration::from_nanos(n.as_u64().unwrap_or(0))),
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "Token decoding failed: invalid duration {other}"
-            )));
-        }
-    };
+    let ttl = duration_field(&body.expiration_ttl, "Token")?;
     let mut expires = None;
     if create {
         if let Some(ttl) = ttl.filter(|t| !t.is_zero()) {
@@ -800,18 +802,7 @@ impl Object for AuthMethod {
         if !matches!(b.token_locality.as_str(), "" | "local" | "global") {
             return Err(bad("TokenLocality should be one of 'local' or 'global'"));
         }
-        let ttl = match &b.max_token_ttl {
-            None | Some(Value::Null) => Duration::ZERO,
-            Some(Value::String(s)) if s.is_empty() => Duration::ZERO,
-            Some(Value::String(s)) => cairn_shared::duration::parse(s)
-                .map_err(|e| ApiError::bad_request(format!("AuthMethod decoding failed: {e}")))?,
-            Some(Value::Number(n)) => Duration::from_nanos(n.as_u64().unwrap_or(0)),
-            Some(other) => {
-                return Err(ApiError::bad_request(format!(
-                    "AuthMethod decoding failed: invalid duration {other}"
-                )));
-            }
-        };
+        let ttl = duration_field(&b.max_token_ttl, "AuthMethod")?.unwrap_or_default();
         if !ttl.is_zero() && ttl < MIN_TTL {
             return Err(bad("MaxTokenTTL cannot be less than 1m0s"));
         }
